@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Benchmarks for BENCHMARKS.md. Each prints the numbers it measured.
+
+    scripts/bench.py ingest     [--seconds 20] [--threads 4]   # /v1/events throughput, idle RSS
+    scripts/bench.py restart    [--keys 10000000]              # time to healthy with N keys in the window
+    scripts/bench.py dashboard  [--events 10000000]            # median latency of every /api/ query, 30 days
+
+Builds nothing: run `cargo build --release --examples` first (target dir from
+CARGO_TARGET_DIR, default ~/.cache/tally/target).
+"""
+import argparse, http.cookiejar, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tally/target"))
+TALLY = os.path.join(TARGET, "release", "tally")
+EXAMPLE = lambda name: os.path.join(TARGET, "release", "examples", name)
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
+
+
+def wait_healthy(base, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            if urllib.request.urlopen(base + "/healthz", timeout=1).status == 200:
+                return time.time() - t0
+        except Exception:
+            time.sleep(0.02)
+    raise SystemExit(f"{base} not healthy after {timeout}s")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+
+def serve(data_dir):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([TALLY, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "RUST_LOG": "info"})
+    return proc, base
+
+
+def add_site(data_dir):
+    out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
+                          "--data-dir", data_dir], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["api_token"]
+
+
+def bench_ingest(a):
+    d = tempfile.mkdtemp()
+    token = add_site(d)
+    proc, base = serve(d)
+    wait_healthy(base)
+    time.sleep(2)
+    print(f"idle RSS after start: {rss_mb(proc.pid):.1f} MB")
+    out = subprocess.run([EXAMPLE("loadgen"), base, token, str(a.seconds), str(a.threads), "500", "0.3"],
+                         check=True, capture_output=True, text=True).stdout
+    print("loadgen:", out.strip())
+    print(f"RSS after load: {rss_mb(proc.pid):.1f} MB")
+    proc.terminate(); proc.wait()
+    shutil.rmtree(d)
+
+
+def bench_restart(a):
+    d = tempfile.mkdtemp()
+    # All keys inside the 48 h window: spread over 1.5 days.
+    subprocess.run([EXAMPLE("seed"), d, str(a.keys), "1.5"], check=True)
+    proc, base = serve(d)
+    t0 = time.time()
+    secs = wait_healthy(base)
+    print(f"healthy {secs:.2f} s after start with {a.keys} keys in the window; RSS {rss_mb(proc.pid):.0f} MB")
+    proc.terminate(); _, err = proc.communicate()
+    for line in err.decode().splitlines():
+        if "dedup index rebuilt" in line:
+            print("log:", line.strip())
+    shutil.rmtree(d)
+
+
+def bench_dashboard(a):
+    d = tempfile.mkdtemp()
+    subprocess.run([EXAMPLE("seed"), d, str(a.events), "30"], check=True)
+    subprocess.run([TALLY, "admin", "set-password", "--data-dir", d], input="bench-password\n", text=True, check=True)
+    proc, base = serve(d)
+    wait_healthy(base)
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    req = urllib.request.Request(base + "/api/login", data=b'{"password":"bench-password"}',
+                                 headers={"Content-Type": "application/json"})
+    opener.open(req).read()
+    paths = ["/api/summary?site=shop&range=30d", "/api/series?site=shop&range=30d",
+             "/api/top?site=shop&range=30d&kind=events", "/api/top?site=shop&range=30d&kind=pages",
+             "/api/top?site=shop&range=30d&kind=referrers", "/api/recent?site=shop"]
+    for p in paths:
+        opener.open(base + p).read()  # warm
+        times = []
+        for _ in range(a.runs):
+            t0 = time.perf_counter(); opener.open(base + p).read(); times.append((time.perf_counter() - t0) * 1e3)
+        print(f"{p:48s} median {statistics.median(times):7.1f} ms   max {max(times):7.1f} ms   ({a.runs} runs)")
+    proc.terminate(); proc.wait()
+    shutil.rmtree(d)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("ingest"); i.add_argument("--seconds", type=int, default=20); i.add_argument("--threads", type=int, default=4)
+    r = sub.add_parser("restart"); r.add_argument("--keys", type=int, default=10_000_000)
+    dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
+    a = p.parse_args()
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

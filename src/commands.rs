@@ -1,0 +1,346 @@
+//! Runs a parsed command line: `serve` starts the appliance; every other
+//! command becomes a [`Request`] sent to the running server's control socket,
+//! or executed on the file directly when no server runs, and its answer is
+//! printed to stdout.
+
+use crate::app::App;
+use crate::cli::{AdminCommand, Cli, Command, ExportFormat, SiteCommand, SqlFormat};
+use crate::config::{Config, Overrides};
+use crate::control::{self, client, Request, SiteChange};
+use crate::domain::SystemClock;
+use crate::store::export::Format;
+use crate::store::sql::Table;
+use crate::store::StoreError;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::{IsTerminal, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs the command line; errors become a message and a non-zero exit in `main`.
+pub fn run(cli: Cli) -> Result<()> {
+    let overrides = Overrides { data_dir: cli.data_dir, config_file: cli.config, ..Default::default() };
+    match cli.command {
+        Command::Serve(args) => {
+            crate::telemetry::init("info");
+            let config = Config::load(Overrides {
+                listen: args.listen,
+                public_url: args.public_url,
+                ..overrides
+            })?;
+            serve(config)
+        }
+        command => {
+            crate::telemetry::init("warn");
+            let config = Config::load(overrides)?;
+            let (request, print) = plan(command)?;
+            let answer = dispatch(&config, request)?;
+            let mut out = std::io::stdout().lock();
+            print(&answer, &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<()> {
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .with_context(|| format!("cannot listen on {} (is another server using it?)", config.listen))?;
+    let app = Arc::new(App::open(config, Arc::new(SystemClock))?);
+    actix_web::rt::System::new().block_on(crate::server::run(
+        app,
+        listener,
+        crate::server::shutdown_signal(),
+    ))
+}
+
+/// Sends `request` to the running server, or runs it on the file directly.
+fn dispatch(config: &Config, request: Request) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(stream) = client::connect(&config.socket_path()) {
+            return client::call(stream, &request);
+        }
+        match App::open(config.clone(), Arc::new(SystemClock)) {
+            Ok(app) => {
+                let answer = control::execute(&app, request);
+                app.shutdown();
+                return Ok(answer?);
+            }
+            // A server that is starting holds the file before its socket is up.
+            Err(e) if is_locked(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_locked(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked { .. }))
+}
+
+type Printer = Box<dyn Fn(&Value, &mut dyn Write) -> Result<()>>;
+
+/// The request for a command and how to print its answer.
+fn plan(command: Command) -> Result<(Request, Printer)> {
+    Ok(match command {
+        Command::Serve(_) => unreachable!("serve is handled by run"),
+        Command::Site(SiteCommand::Add { name, origins, json }) => {
+            (Request::SiteAdd { name, origins }, if json { print_json() } else { Box::new(print_new_site) })
+        }
+        Command::Site(SiteCommand::List { json }) => {
+            (Request::SiteList, if json { print_json() } else { Box::new(print_sites) })
+        }
+        Command::Site(SiteCommand::RotateToken { site, json }) => (
+            Request::SiteRotateToken { site },
+            if json {
+                print_json()
+            } else {
+                Box::new(|v, out| {
+                    writeln!(out, "New API token for {}: {}", text(&v["name"]), text(&v["api_token"]))?;
+                    writeln!(out, "The old token no longer works. This token is shown only once.")?;
+                    Ok(())
+                })
+            },
+        ),
+        Command::Site(SiteCommand::Set { site, window, policy, merge, daily_quota, origins, json }) => {
+            let change = SiteChange {
+                window_secs: window.as_deref().map(parse_duration).transpose()?,
+                policy,
+                merge,
+                daily_quota,
+                origins: (!origins.is_empty()).then_some(origins),
+            };
+            (Request::SiteSet { site, change }, if json { print_json() } else { Box::new(print_sites) })
+        }
+        Command::Admin(AdminCommand::SetPassword) => (
+            Request::SetPasswordHash { hash: hash_password(&read_password()?)? },
+            Box::new(|_, out| Ok(writeln!(out, "Dashboard password set.")?)),
+        ),
+        Command::Sql { query, format, write } => (
+            Request::Sql { query, write },
+            Box::new(move |v, out| {
+                let table: Table = serde_json::from_value(v.clone())?;
+                print_table(&table, format, out)
+            }),
+        ),
+        Command::Import { file, site, json } => {
+            let path = std::fs::canonicalize(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            (Request::Import { path, site }, if json { print_json() } else { Box::new(print_import) })
+        }
+        Command::Export { site, format, out, from, to } => {
+            let format = match format {
+                ExportFormat::Parquet => Format::Parquet,
+                ExportFormat::Csv => Format::Csv,
+                ExportFormat::Ndjson => Format::Ndjson,
+            };
+            let out = absolute(&out)?;
+            let from = from.as_deref().map(|d| parse_time(d, false)).transpose()?;
+            let to = to.as_deref().map(|d| parse_time(d, true)).transpose()?;
+            (
+                Request::Export { site, format, out, from, to },
+                Box::new(|v, out| {
+                    Ok(writeln!(out, "Exported {} events to {}", v["rows"], text(&v["path"]))?)
+                }),
+            )
+        }
+    })
+}
+
+fn print_json() -> Printer {
+    Box::new(|v, out| Ok(writeln!(out, "{}", serde_json::to_string_pretty(v)?)?))
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn print_new_site(v: &Value, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "Created site {}.", text(&v["name"]))?;
+    writeln!(out, "  site_key:  {}", text(&v["site_key"]))?;
+    writeln!(out, "  api_token: {}   (secret; shown only this once)", text(&v["api_token"]))?;
+    writeln!(out, "\nPaste this into every page of the site, in <head>:\n\n{}\n", text(&v["snippet"]))?;
+    writeln!(out, "Send server-side events with: Authorization: Bearer <api_token> to /v1/events")?;
+    Ok(())
+}
+
+fn print_sites(v: &Value, out: &mut dyn Write) -> Result<()> {
+    let sites = match v {
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    let columns = ["name", "site_key", "origins", "window_secs", "policy", "merge_properties", "daily_quota"];
+    let rows = sites
+        .iter()
+        .map(|s| columns.iter().map(|c| s[*c].clone()).collect())
+        .collect();
+    let table = Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows };
+    print_table(&table, SqlFormat::Table, out)
+}
+
+fn print_import(v: &Value, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "accepted {}, deduplicated {}, rejected {}",
+        v["accepted"], v["deduplicated"], v["rejected"]
+    )?;
+    for e in v["errors"].as_array().into_iter().flatten() {
+        eprintln!("line {}: {}: {}", e["line"], text(&e["code"]), text(&e["message"]));
+    }
+    Ok(())
+}
+
+/// Prints a query result as an aligned table, CSV, or a JSON array of objects
+/// (keys in column order, numbers as numbers).
+pub fn print_table(t: &Table, format: SqlFormat, out: &mut dyn Write) -> Result<()> {
+    match format {
+        SqlFormat::Json => {
+            let rows: Vec<String> = t
+                .rows
+                .iter()
+                .map(|row| {
+                    let fields: Vec<String> = t
+                        .columns
+                        .iter()
+                        .zip(row)
+                        .map(|(c, v)| format!("{}:{}", Value::String(c.clone()), v))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                })
+                .collect();
+            writeln!(out, "[{}]", rows.join(",\n"))?;
+        }
+        SqlFormat::Csv => {
+            writeln!(out, "{}", t.columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            for row in &t.rows {
+                writeln!(out, "{}", row.iter().map(|v| csv_field(&cell(v))).collect::<Vec<_>>().join(","))?;
+            }
+        }
+        SqlFormat::Table => {
+            let cells: Vec<Vec<String>> = t.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+            let widths: Vec<usize> = t
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.chars().count()]).max().unwrap_or(0))
+                .collect();
+            let line = |vals: Vec<&str>| -> String {
+                vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join(" | ").trim_end().to_owned()
+            };
+            writeln!(out, "{}", line(t.columns.iter().map(String::as_str).collect()))?;
+            writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"))?;
+            for row in &cells {
+                writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+            }
+            let n = t.rows.len();
+            writeln!(out, "({n} row{})", if n == 1 { "" } else { "s" })?;
+        }
+    }
+    Ok(())
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `48h`, `90m`, `2d`, `3600s` or plain seconds → seconds.
+fn parse_duration(s: &str) -> Result<u32> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u32 = num.parse().with_context(|| format!("{s:?} is not a duration like 48h, 90m or 2d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => bail!("{s:?} is not a duration like 48h, 90m or 2d"),
+    };
+    n.checked_mul(scale).context("the duration is too long")
+}
+
+/// A `--from`/`--to` value in µs: a day (a `--to` day is inclusive) or RFC 3339.
+fn parse_time(s: &str, end: bool) -> Result<i64> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let day = if end { day + chrono::Duration::days(1) } else { day };
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_micros());
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .with_context(|| format!("{s:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+}
+
+fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf> {
+    Ok(if p.is_absolute() { p.to_owned() } else { std::env::current_dir()?.join(p) })
+}
+
+fn read_password() -> Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New dashboard password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            bail!("the two passwords differ; nothing was changed");
+        }
+        first
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.lines().next().unwrap_or_default().to_owned()
+    };
+    if password.chars().count() < 8 {
+        bail!("the password must have at least 8 characters; nothing was changed");
+    }
+    Ok(password)
+}
+
+/// An Argon2id PHC string for `password`.
+fn hash_password(password: &str) -> Result<String> {
+    crate::domain::password::hash(password).map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("48h").unwrap(), 172_800);
+        assert_eq!(parse_duration("90m").unwrap(), 5_400);
+        assert_eq!(parse_duration("120").unwrap(), 120);
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn json_rows_keep_column_order_and_numbers() {
+        let t = Table {
+            columns: vec!["z".into(), "a".into()],
+            rows: vec![vec![Value::from(1), Value::from("x")]],
+        };
+        let mut out = Vec::new();
+        print_table(&t, SqlFormat::Json, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "[{\"z\":1,\"a\":\"x\"}]\n");
+    }
+
+    #[test]
+    fn to_days_are_inclusive() {
+        let from = parse_time("2026-11-23", false).unwrap();
+        let to = parse_time("2026-11-23", true).unwrap();
+        assert_eq!(to - from, 86_400_000_000);
+    }
+}

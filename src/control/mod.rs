@@ -1,0 +1,137 @@
+//! Commands that change or read the appliance (`tally site …`, `sql`,
+//! `import`, `export`, `admin`), executed against an [`App`].
+//!
+//! DuckDB lets one process hold the file, so every CLI command first tries
+//! the running server's control socket (`DATA_DIR/tally.sock`, owner-only)
+//! and sends it a [`Request`]; with no server it opens the file itself and
+//! calls the same [`execute`]. The answer is the same JSON value either way,
+//! and the CLI prints it, so the output cannot differ between the two paths.
+
+pub mod client;
+pub mod import;
+pub mod socket;
+
+use crate::app::App;
+use crate::domain::site::DedupPolicy;
+use crate::domain::SiteSettings;
+use crate::store::{self, export::Format, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// One command for [`execute`]; also the control socket's wire format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// `tally site add`.
+    SiteAdd { name: String, origins: Vec<String> },
+    /// `tally site list`.
+    SiteList,
+    /// `tally site rotate-token`.
+    SiteRotateToken { site: String },
+    /// `tally site set`.
+    SiteSet { site: String, change: SiteChange },
+    /// `tally admin set-password` (the CLI sends the Argon2 hash, never the password).
+    SetPasswordHash { hash: String },
+    /// `tally sql`.
+    Sql { query: String, write: bool },
+    /// `tally import` (an absolute path the server can read).
+    Import { path: PathBuf, site: String },
+    /// `tally export`.
+    Export { site: String, format: Format, out: PathBuf, from: Option<i64>, to: Option<i64> },
+}
+
+/// Settings to change; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SiteChange {
+    /// Dedup window, seconds.
+    pub window_secs: Option<u32>,
+    /// Dedup policy name.
+    pub policy: Option<String>,
+    /// Property fill-in.
+    pub merge: Option<bool>,
+    /// Daily quota; `Some(0)` turns it off.
+    pub daily_quota: Option<u64>,
+    /// New allowed origins (replacing the old ones).
+    pub origins: Option<Vec<String>>,
+}
+
+/// A command that failed; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ControlError(pub String);
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        ControlError(e.to_string())
+    }
+}
+
+/// The settings key of the dashboard password hash.
+pub const PASSWORD_KEY: &str = "admin_password_hash";
+
+/// Runs one command; blocking (call it off async threads).
+pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
+    match req {
+        Request::SiteAdd { name, origins } => Ok(json!(app.add_site(&name, &origins)?)),
+        Request::SiteList => Ok(Value::Array(app.sites.all().iter().map(|s| site_json(s)).collect())),
+        Request::SiteRotateToken { site } => {
+            let (site, token) = app.rotate_token(&site)?;
+            Ok(json!({"name": site.name, "site_key": site.site_key, "api_token": token}))
+        }
+        Request::SiteSet { site, change } => {
+            let current = app.site(&site)?;
+            let settings = apply_change(&current.settings, &change)?;
+            let updated = app.configure_site(&site, settings, change.origins.as_deref())?;
+            Ok(site_json(&updated))
+        }
+        Request::SetPasswordHash { hash } => {
+            store::settings::set(&app.store.connect()?, PASSWORD_KEY, &hash)?;
+            Ok(json!({"ok": true}))
+        }
+        Request::Sql { query, write } => {
+            let table = store::sql::run(&app.store.connect()?, &query, write)?;
+            Ok(json!(table))
+        }
+        Request::Import { path, site } => import::run(app, &path, &site),
+        Request::Export { site, format, out, from, to } => {
+            let site = app.site(&site)?;
+            let rows = store::export::export(&app.store.connect()?, &site.name, format, &out, from, to)?;
+            Ok(json!({"rows": rows, "path": out}))
+        }
+    }
+}
+
+fn apply_change(current: &SiteSettings, c: &SiteChange) -> Result<SiteSettings, ControlError> {
+    let mut s = current.clone();
+    if let Some(w) = c.window_secs {
+        if !(60..=30 * 86_400).contains(&w) {
+            return Err(ControlError("the window must be between 1 minute and 30 days".into()));
+        }
+        s.window_secs = w;
+    }
+    if let Some(p) = &c.policy {
+        s.policy = DedupPolicy::parse(p).ok_or_else(|| {
+            ControlError(format!("policy {p:?} is unknown; use first_wins or prefer_pixel"))
+        })?;
+    }
+    if let Some(m) = c.merge {
+        s.merge_properties = m;
+    }
+    if let Some(q) = c.daily_quota {
+        s.daily_quota = (q > 0).then_some(q);
+    }
+    Ok(s)
+}
+
+fn site_json(s: &crate::domain::Site) -> Value {
+    json!({
+        "name": s.name,
+        "site_key": s.site_key,
+        "origins": s.origins,
+        "window_secs": s.settings.window_secs,
+        "policy": s.settings.policy.as_str(),
+        "merge_properties": s.settings.merge_properties,
+        "daily_quota": s.settings.daily_quota,
+    })
+}

@@ -1,0 +1,220 @@
+//! Handlers of the dashboard API. Every query runs on a blocking thread with
+//! its own DuckDB connection.
+
+use super::auth::Auth;
+use crate::app::App;
+use crate::domain::Site;
+use crate::http::assets::dashboard_files;
+use crate::http::body;
+use crate::http::error::ApiError;
+use crate::store::stats::{self, Range, TopKind};
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DAY: i64 = 86_400 * 1_000_000;
+
+/// `GET /`: the dashboard page.
+pub async fn index(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    dashboard_files().respond(&req, "index.html").ok_or(ApiError::NotFound)
+}
+
+/// `GET /ui/{file}`: the page's script and styles.
+pub async fn file(req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    dashboard_files().respond(&req, &path).ok_or(ApiError::NotFound)
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    password: String,
+}
+
+/// `POST /api/login` with `{"password": …}` as JSON: sets the session
+/// cookie, answers the CSRF token. JSON only, so no cross-site form can post it.
+pub async fn login(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::bad_request("invalid_body", "send {\"password\": …} as application/json"));
+    }
+    let raw = body::read(&req, payload, 4096).await?;
+    let LoginBody { password } = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"password\": …}}: {e}")))?;
+    let addr = req.connection_info().realip_remote_addr().unwrap_or_default().to_owned();
+    let (cookie, csrf) = web::block(move || auth.login(&app, &addr, &password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().cookie(cookie).json(json!({ "csrf": csrf })))
+}
+
+/// `POST /api/logout` (needs the CSRF header).
+pub async fn logout(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    auth.require_csrf(&req)?;
+    auth.logout(&req);
+    let mut gone = actix_web::cookie::Cookie::new(super::auth::COOKIE, "");
+    gone.set_path("/");
+    gone.make_removal();
+    Ok(HttpResponse::Ok().cookie(gone).json(json!({"ok": true})))
+}
+
+/// `GET /api/session`: the CSRF token of the current session, or 401.
+pub async fn session(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let s = auth.require(&req)?;
+    Ok(HttpResponse::Ok().json(json!({ "csrf": s.csrf })))
+}
+
+/// `GET /api/sites`: names, keys and snippets.
+pub async fn sites(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    auth.require(&req)?;
+    let sites: Vec<_> = app
+        .sites
+        .all()
+        .iter()
+        .map(|s| json!({"name": s.name, "site_key": s.site_key, "origins": s.origins, "snippet": app.snippet(&s.site_key)}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "sites": sites, "public_url": app.config.public_url })))
+}
+
+/// Query string of the per-site calls.
+#[derive(Deserialize)]
+pub struct Query {
+    site: String,
+    range: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    kind: Option<String>,
+    limit: Option<u32>,
+}
+
+impl Query {
+    fn site(&self, app: &App) -> Result<Arc<Site>, ApiError> {
+        app.sites
+            .find(&self.site)
+            .ok_or_else(|| ApiError::bad_request("unknown_site", format!("no site named {:?}", self.site)))
+    }
+
+    /// `range=24h|7d|30d` ending now, or `range=custom&from=…&to=…` (days,
+    /// `to` inclusive, or RFC 3339 instants).
+    fn range(&self, now: i64) -> Result<Range, ApiError> {
+        let bad = |m: &str| ApiError::bad_request("invalid_range", m.to_owned());
+        let days = match self.range.as_deref().unwrap_or("7d") {
+            "24h" => 1,
+            "7d" => 7,
+            "30d" => 30,
+            "custom" => {
+                let from = parse_time(self.from.as_deref().ok_or_else(|| bad("custom needs from"))?, false)
+                    .ok_or_else(|| bad("from must be YYYY-MM-DD or RFC 3339"))?;
+                let to = parse_time(self.to.as_deref().ok_or_else(|| bad("custom needs to"))?, true)
+                    .ok_or_else(|| bad("to must be YYYY-MM-DD or RFC 3339"))?;
+                if to <= from || to - from > 400 * DAY {
+                    return Err(bad("to must be after from, at most 400 days later"));
+                }
+                return Ok(Range { from, to });
+            }
+            _ => return Err(bad("range must be 24h, 7d, 30d or custom")),
+        };
+        Ok(Range { from: now - days * DAY, to: now + 1 })
+    }
+}
+
+fn parse_time(s: &str, end: bool) -> Option<i64> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let day = if end { day + chrono::Duration::days(1) } else { day };
+        return Some(day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros());
+    }
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+}
+
+/// Runs a store query for a logged-in request on a blocking thread.
+async fn query<T: serde::Serialize + Send + 'static>(
+    app: web::Data<App>,
+    auth: &Auth,
+    req: &HttpRequest,
+    q: web::Query<Query>,
+    f: impl FnOnce(&duckdb::Connection, &str, Range, i64, &Query) -> crate::store::Result<T> + Send + 'static,
+) -> Result<HttpResponse, ApiError> {
+    auth.require(req)?;
+    let site = q.site(&app)?;
+    let now = app.clock.now_micros();
+    let range = q.range(now)?;
+    let answer = web::block(move || {
+        let conn = app.store.connect()?;
+        f(&conn, &site.name, range, now, &q)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// `GET /api/summary?site=&range=`: the cards.
+pub async fn summary(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+    query(app, &auth, &req, q, |c, site, range, now, _| stats::summary(c, site, range, now)).await
+}
+
+/// `GET /api/series?site=&range=`: events over time by source.
+pub async fn series(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+    query(app, &auth, &req, q, |c, site, range, _, _| {
+        Ok(json!({"bucket": range.bucket(), "points": stats::series(c, site, range)?}))
+    })
+    .await
+}
+
+/// `GET /api/top?site=&range=&kind=events|pages|referrers&limit=`.
+pub async fn top(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+    let kind = match q.kind.as_deref().unwrap_or("events") {
+        "events" => TopKind::Events,
+        "pages" => TopKind::Pages,
+        "referrers" => TopKind::Referrers,
+        other => {
+            return Err(ApiError::bad_request("invalid_kind", format!("kind must be events, pages or referrers, not {other:?}")))
+        }
+    };
+    query(app, &auth, &req, q, move |c, site, range, _, q| {
+        stats::top(c, site, range, kind, q.limit.unwrap_or(10).min(100))
+    })
+    .await
+}
+
+/// `GET /api/recent?site=`: the last unique events, newest first.
+pub async fn recent(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+    query(app, &auth, &req, q, |c, site, _, _, q| stats::recent(c, site, q.limit.unwrap_or(20).min(200))).await
+}
+
+/// `GET /api/live?site=`: Server-Sent Events, one `event` per unique event
+/// committed from now on; duplicates never appear. A comment every 15 s
+/// keeps proxies from closing the stream.
+pub async fn live(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+    auth.require(&req)?;
+    let site = q.site(&app)?.name.clone();
+    let rx = app.ingest()?.subscribe();
+    let stream = futures_util::stream::unfold((rx, site), |(mut rx, site)| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                Err(_) => return Some((Ok::<_, actix_web::Error>(Bytes::from_static(b": keep-alive\n\n")), (rx, site))),
+                Ok(Ok(item)) if item.site == site => {
+                    let data = serde_json::to_string(&*item).unwrap_or_default();
+                    return Some((Ok(Bytes::from(format!("data: {data}\n\n"))), (rx, site)));
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}

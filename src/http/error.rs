@@ -1,0 +1,131 @@
+//! The one place where errors become HTTP statuses. Every answer other than
+//! success is JSON: `{"error": CODE, "message": TEXT}`.
+
+use crate::ingest::IngestError;
+use crate::store::StoreError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+
+/// Seconds a sender should wait after a 503.
+const RETRY_AFTER_BUSY: u64 = 1;
+
+/// An error answer of the HTTP API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; `code` names what.
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// 401: missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: not allowed from here.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("not found")]
+    NotFound,
+    /// 413: body or batch too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 429: the site's daily quota is spent.
+    #[error("the site's daily quota is spent")]
+    QuotaExceeded {
+        /// Seconds until it resets.
+        retry_after: u64,
+    },
+    /// 429: too many attempts (e.g. wrong passwords).
+    #[error("too many attempts; retry in {retry_after} s")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// 503: nothing was stored; retry the whole request.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an unexpected failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 with a code and message.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code, message: message.into() }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QuotaExceeded { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request refused");
+        }
+        let mut res = HttpResponse::build(status);
+        match self {
+            ApiError::QuotaExceeded { retry_after } | ApiError::RateLimited { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unavailable(_) => {
+                res.insert_header((header::RETRY_AFTER, RETRY_AFTER_BUSY.to_string()));
+            }
+            ApiError::Unauthorized(_) => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        res.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        ApiError::Unavailable(format!("{e}; nothing of this request was stored, retry it"))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownSite(_) | StoreError::Invalid(_) | StoreError::SiteExists(_) => {
+                ApiError::bad_request("invalid_request", e.to_string())
+            }
+            other => ApiError::Unavailable(format!("the store cannot answer: {other}")),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The ingest pipeline: a bounded queue in front of one writer thread that
+//! owns the write connection and the dedup index.
+//!
+//! Requests hand their parsed events to [`Ingest::submit`]; the writer drains
+//! the queue in groups, decides "new or duplicate" for each copy in memory,
+//! appends and updates in one DuckDB transaction, commits, and only then
+//! answers each request (the durable ack of SPEC §3). A full queue is
+//! refused at once ([`IngestError::QueueFull`], a 503) instead of growing.
+
+mod quota;
+mod writer;
+
+pub use quota::{QuotaExceeded, Quotas};
+
+use crate::domain::{Clock, Event, Site};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::{broadcast, oneshot};
+
+/// Most events waiting for the writer before new requests get a 503.
+pub const MAX_QUEUED_EVENTS: usize = 200_000;
+/// Most requests waiting for the writer.
+const MAX_QUEUED_JOBS: usize = 4_096;
+
+/// What became of one request's events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    /// New unique events stored.
+    pub accepted: u64,
+    /// Copies of events already kept.
+    pub deduplicated: u64,
+}
+
+/// Why a request's events were not stored. Nothing of it was stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The queue is full; retry later.
+    #[error("the ingest queue is full")]
+    QueueFull,
+    /// The store could not commit; retry later.
+    #[error("the store could not write: {0}")]
+    Store(String),
+    /// The writer has stopped (shutting down).
+    #[error("the writer has stopped")]
+    Closed,
+}
+
+/// A unique event just committed, for the dashboard's live feed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedItem {
+    /// Site name.
+    pub site: String,
+    /// Event name.
+    pub event_name: String,
+    /// Sender's id.
+    pub event_id: String,
+    /// Source of the kept copy.
+    pub source: &'static str,
+    /// When it happened, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub occurred_at: String,
+    /// Page URL.
+    pub url: Option<String>,
+}
+
+/// One request's worth of events for the writer.
+struct Job {
+    site: Arc<Site>,
+    events: Vec<Event>,
+    /// Also treat keys found anywhere in the store as duplicates (`tally import`).
+    check_history: bool,
+    reply: oneshot::Sender<Result<Outcome, IngestError>>,
+}
+
+/// Handle to the writer thread.
+pub struct Ingest {
+    tx: Mutex<Option<Sender<Job>>>,
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    feed: broadcast::Sender<Arc<FeedItem>>,
+    /// Per-site daily quotas.
+    pub quotas: Arc<Quotas>,
+}
+
+impl Ingest {
+    /// Rebuilds the dedup index from the store, then starts the writer.
+    pub fn start(
+        store: &Store,
+        sites: &[Site],
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Ingest, StoreError> {
+        let conn = store.connect()?;
+        let max_window = sites.iter().map(|s| s.settings.window_secs).max().unwrap_or(0);
+        let index = writer::rebuild_index(&conn, clock.now_secs() - i64::from(max_window))?;
+        let quotas = Arc::new(Quotas::load(&conn, sites, clock.now_micros())?);
+        let (tx, rx) = bounded(MAX_QUEUED_JOBS);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (feed, _) = broadcast::channel(1_024);
+        let w = writer::Writer {
+            conn,
+            index,
+            clock,
+            metrics,
+            queued: queued.clone(),
+            healthy: healthy.clone(),
+            quotas: quotas.clone(),
+            feed: feed.clone(),
+            max_window,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tally-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Io { context: "starting the writer thread".into(), source: e })?;
+        Ok(Ingest {
+            tx: Mutex::new(Some(tx)),
+            queued,
+            healthy,
+            thread: Mutex::new(Some(thread)),
+            feed,
+            quotas,
+        })
+    }
+
+    /// Queues `events` of `site` for the writer; the receiver answers after
+    /// the commit. Fails at once when the queue is full.
+    fn submit(
+        &self,
+        site: Arc<Site>,
+        events: Vec<Event>,
+        check_history: bool,
+    ) -> Result<oneshot::Receiver<Result<Outcome, IngestError>>, IngestError> {
+        let n = events.len();
+        if self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED_EVENTS && n > 0 {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(IngestError::QueueFull);
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job { site, events, check_history, reply };
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = match guard.as_ref() {
+            Some(tx) => tx.try_send(job).map_err(|e| match e {
+                TrySendError::Full(_) => IngestError::QueueFull,
+                TrySendError::Disconnected(_) => IngestError::Closed,
+            }),
+            None => Err(IngestError::Closed),
+        };
+        if let Err(e) = sent {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
+    /// Stores `events` of `site` and waits for the commit.
+    pub async fn ingest(&self, site: Arc<Site>, events: Vec<Event>) -> Result<Outcome, IngestError> {
+        let rx = self.submit(site, events, false)?;
+        rx.await.unwrap_or(Err(IngestError::Closed))
+    }
+
+    /// Blocking variant for the CLI; `check_history` makes keys anywhere in
+    /// the store count as duplicates (imports and backfills).
+    pub fn ingest_blocking(
+        &self,
+        site: Arc<Site>,
+        events: Vec<Event>,
+        check_history: bool,
+    ) -> Result<Outcome, IngestError> {
+        let rx = self.submit(site, events, check_history)?;
+        rx.blocking_recv().unwrap_or(Err(IngestError::Closed))
+    }
+
+    /// Whether the last commit succeeded and the writer runs.
+    pub fn is_healthy(&self) -> bool {
+        let running = self.thread.lock().map(|t| t.as_ref().is_some_and(|h| !h.is_finished()));
+        self.healthy.load(Ordering::SeqCst) && running.unwrap_or(false)
+    }
+
+    /// A receiver of every unique event committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
+        self.feed.subscribe()
+    }
+
+    /// Stops taking work, lets the writer drain and commit what is queued,
+    /// and waits for it.
+    pub fn shutdown(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,374 @@
+//! The writer thread: group commit with in-memory dedup.
+//!
+//! One thread owns the write connection and the [`KeyIndex`], so decisions
+//! are made in arrival order without locks. A group's decisions are staged
+//! beside the index and folded into it only after DuckDB commits: if the
+//! commit fails, the index is as if the group never came, and every request
+//! in it gets a 503 to retry whole.
+
+use super::{FeedItem, IngestError, Job, Outcome, Quotas};
+use crate::dedup::merge::{fill_missing, props_hash};
+use crate::dedup::{judge, Entry, KeyIndex, Resolution, Verdict};
+use crate::domain::{Clock, Event, KeyHash, Site, Source};
+use crate::metrics::{Fate, Metrics};
+use crate::store::events::{self, DuplicateRow, EventRow};
+use crate::store::sql::format_timestamp;
+use crate::store::Result;
+use crossbeam_channel::Receiver;
+use duckdb::Connection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+/// Most events folded into one commit; larger groups amortise the commit
+/// (measured: 2,000 rows a commit runs ~6x faster a row than 100).
+const GROUP_EVENTS: usize = 8_192;
+
+/// Rebuilds the index from the keys of events that arrived since `since_secs`.
+pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
+    let started = Instant::now();
+    let mut index = KeyIndex::default();
+    events::scan_window(conn, since_secs, |key, start| index.insert_latest(key, Entry::unknown(start)))?;
+    tracing::info!(keys = index.len(), ms = started.elapsed().as_millis() as u64, "dedup index rebuilt");
+    Ok(index)
+}
+
+pub(super) struct Writer {
+    pub conn: Connection,
+    pub index: KeyIndex,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub queued: Arc<AtomicUsize>,
+    pub healthy: Arc<AtomicBool>,
+    pub quotas: Arc<Quotas>,
+    pub feed: broadcast::Sender<Arc<FeedItem>>,
+    /// Longest window of any site seen; keys older than it are swept.
+    pub max_window: u32,
+}
+
+/// A kept row already in the store that this group changes.
+struct Touch {
+    window_start: u32,
+    entry: Entry,
+    /// Sources seen, including this group's copies.
+    seen: u8,
+    /// A copy that replaces the kept one (`prefer_pixel`).
+    replacement: Option<EventRow>,
+    /// Properties texts to fold in, in arrival order.
+    merges: Vec<String>,
+    /// Hash of the last properties text folded in.
+    last_props: u32,
+    /// Whether the site fills in missing properties.
+    merge: bool,
+}
+
+/// One group's staged decisions.
+#[derive(Default)]
+struct Group {
+    rows: Vec<EventRow>,
+    row_of: HashMap<KeyHash, usize>,
+    /// Hash of the last properties text folded into each new row.
+    row_props: Vec<u32>,
+    dups: Vec<DuplicateRow>,
+    touched: HashMap<KeyHash, Touch>,
+}
+
+impl Writer {
+    pub fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            let mut n = jobs[0].events.len();
+            while n < GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.events.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            for job in &jobs {
+                self.max_window = self.max_window.max(job.site.settings.window_secs);
+            }
+            self.commit_group(jobs, n);
+            let cutoff = self.clock.now_secs() - i64::from(self.max_window);
+            self.index.sweep_one_shard(cutoff.max(0) as u32);
+        }
+        tracing::info!("writer drained its queue and stopped");
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>, n: usize) {
+        let started = Instant::now();
+        let now_micros = self.clock.now_micros();
+        let result = self.decide(&jobs, now_micros).and_then(|(group, outcomes)| {
+            self.write(&group).map(|()| (group, outcomes))
+        });
+        self.queued.fetch_sub(n, Ordering::SeqCst);
+        self.metrics.set_queue_depth(self.queued.load(Ordering::SeqCst) as u64);
+        match result {
+            Ok((group, outcomes)) => {
+                self.healthy.store(true, Ordering::SeqCst);
+                let rows = (group.rows.len() + group.dups.len()) as u64;
+                self.metrics.commit(started.elapsed().as_micros() as u64, rows);
+                self.apply(group, now_micros);
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                self.healthy.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, events = n, "group commit failed; answering 503");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                for job in jobs {
+                    let _ = job.reply.send(Err(IngestError::Store(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Decides every copy of the group against the index and the group itself.
+    fn decide(&self, jobs: &[Job], now_micros: i64) -> Result<(Group, Vec<Outcome>)> {
+        let now = now_micros.div_euclid(1_000_000) as u32;
+        let mut group = Group::default();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let site = &job.site;
+            let keys: Vec<KeyHash> =
+                job.events.iter().map(|e| KeyHash::of(site.id, &e.event_name, &e.event_id)).collect();
+            let history = if job.check_history {
+                let fresh: Vec<KeyHash> = keys
+                    .iter()
+                    .filter(|k| !group.row_of.contains_key(k) && self.live_entry(&group, k, site, now).is_none())
+                    .copied()
+                    .collect();
+                events::existing_keys(&self.conn, &site.name, &fresh)?
+            } else {
+                Default::default()
+            };
+            let mut outcome = Outcome::default();
+            for (event, key) in job.events.iter().zip(keys) {
+                let fate = if let Some(&i) = group.row_of.get(&key) {
+                    group.fold_into_new_row(i, site, event, now_micros);
+                    Fate::Deduplicated
+                } else if let Some(entry) = self.live_entry(&group, &key, site, now) {
+                    group.fold_into_stored(key, entry, site, event, now_micros);
+                    Fate::Deduplicated
+                } else if history.contains(&key) {
+                    group.dups.push(dropped(site, event, now_micros, Source::Import));
+                    Fate::Deduplicated
+                } else {
+                    group.push_new(key, site, event, now_micros);
+                    Fate::Accepted
+                };
+                self.metrics.count(event.source, fate, 1);
+                match fate {
+                    Fate::Accepted => outcome.accepted += 1,
+                    _ => outcome.deduplicated += 1,
+                }
+            }
+            outcomes.push(outcome);
+        }
+        Ok((group, outcomes))
+    }
+
+    /// The index entry of `key` if its window is still open, seen through
+    /// this group's staged changes.
+    fn live_entry(&self, group: &Group, key: &KeyHash, site: &Site, now: u32) -> Option<Entry> {
+        let existing = group.touched.get(key).map(|t| t.entry).or_else(|| self.index.get(key));
+        match judge(existing, now, site.settings.window_secs) {
+            Verdict::Duplicate(e) => Some(e),
+            Verdict::New => None,
+        }
+    }
+
+    /// Appends, updates and commits the group in one transaction.
+    fn write(&self, group: &Group) -> Result<()> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        events::append(&self.conn, &group.rows, &group.dups)?;
+        for (key, touch) in &group.touched {
+            self.update_stored(*key, touch)?;
+        }
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Brings a stored kept row up to date with this group's copies. The
+    /// row is read only when the index cannot tell what to write.
+    fn update_stored(&self, key: KeyHash, t: &Touch) -> Result<()> {
+        let must_read = !t.entry.is_known() || !t.merges.is_empty() || t.replacement.is_some();
+        if !must_read {
+            if t.seen != t.entry.sources() {
+                events::update_seen(&self.conn, key, t.window_start, t.seen)?;
+            }
+            return Ok(());
+        }
+        let Some(stored) = events::load_kept(&self.conn, key, t.window_start)? else {
+            return Ok(()); // the row was deleted by hand: nothing to merge into
+        };
+        let seen = stored.seen | t.seen;
+        if let Some(replacement) = &t.replacement {
+            let mut row = replacement.clone();
+            row.seen = seen;
+            let old = if t.merge { stored.properties.as_deref() } else { None };
+            row.properties = fold(row.properties, old.into_iter().chain(t.merges.iter().map(String::as_str)));
+            return events::replace_kept(&self.conn, t.window_start, &row);
+        }
+        let props = fold(stored.properties.clone(), t.merges.iter().map(String::as_str));
+        if props != stored.properties || seen != stored.seen {
+            events::update_kept(&self.conn, key, t.window_start, seen, props.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Folds a committed group into the index, quotas and the live feed.
+    fn apply(&mut self, group: Group, now_micros: i64) {
+        let now = now_micros.div_euclid(1_000_000) as u32;
+        let mut per_site: HashMap<&str, u64> = HashMap::new();
+        let live = self.feed.receiver_count() > 0;
+        for (row, props) in group.rows.iter().zip(&group.row_props) {
+            self.index.insert(row.key, Entry::new(now, row.source, row.seen, *props));
+            *per_site.entry(&row.site).or_default() += 1;
+            if live {
+                let _ = self.feed.send(Arc::new(FeedItem {
+                    site: row.site.clone(),
+                    event_name: row.event_name.clone(),
+                    event_id: row.event_id.clone(),
+                    source: row.source.as_str(),
+                    occurred_at: format_timestamp(row.occurred_at),
+                    url: row.url.clone(),
+                }));
+            }
+        }
+        for (key, t) in group.touched {
+            let kept = t.replacement.as_ref().map_or(t.entry.kept(), |r| r.source);
+            // An entry rebuilt from the store stays unknown: this group saw
+            // only its own copies' sources, not the stored ones.
+            let entry = if t.entry.is_known() {
+                Entry::new(t.window_start, kept, t.seen, t.last_props)
+            } else {
+                Entry::unknown(t.window_start)
+            };
+            self.index.insert(key, entry);
+        }
+        for (site, n) in per_site {
+            self.quotas.add(site, n, now_micros);
+        }
+    }
+}
+
+/// Fills `base` with the keys it lacks from each of `texts`, in order.
+fn fold<'a>(base: Option<String>, texts: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    texts.into_iter().fold(base, |acc, text| fill_missing(acc.as_deref(), text).or(acc))
+}
+
+impl Group {
+    fn push_new(&mut self, key: KeyHash, site: &Site, event: &Event, now_micros: i64) {
+        self.row_of.insert(key, self.rows.len());
+        self.row_props.push(props_hash(event.properties.as_deref()));
+        self.rows.push(row_of(key, site, event, now_micros));
+    }
+
+    /// A copy of an event first seen earlier in this same group.
+    fn fold_into_new_row(&mut self, i: usize, site: &Site, event: &Event, now_micros: i64) {
+        let kept = &mut self.rows[i];
+        let now = now_micros.div_euclid(1_000_000) as u32;
+        let resolution = Resolution::of(site.settings.policy, kept.source, now, event.source, now);
+        if resolution == Resolution::Replace {
+            let mut row = row_of(kept.key, site, event, kept.received_at);
+            row.seen |= kept.seen;
+            if site.settings.merge_properties {
+                row.properties = fold(row.properties, kept.properties.as_deref());
+            }
+            let old = std::mem::replace(kept, row);
+            self.dups.push(DuplicateRow {
+                site: old.site,
+                event_id: old.event_id,
+                event_name: old.event_name,
+                source: old.source,
+                received_at: old.received_at,
+                kept_source: event.source,
+            });
+            self.row_props[i] = props_hash(event.properties.as_deref());
+            return;
+        }
+        kept.seen |= event.source.bit();
+        if site.settings.merge_properties {
+            if let Some(text) = &event.properties {
+                kept.properties = fold(kept.properties.take(), [text.as_str()]);
+                self.row_props[i] = props_hash(Some(text));
+            }
+        }
+        let kept_source = kept.source;
+        self.dups.push(dropped(site, event, now_micros, kept_source));
+    }
+
+    /// A copy of an event kept in the store, inside its window.
+    fn fold_into_stored(&mut self, key: KeyHash, entry: Entry, site: &Site, event: &Event, now_micros: i64) {
+        let now = now_micros.div_euclid(1_000_000) as u32;
+        let t = self.touched.entry(key).or_insert_with(|| Touch {
+            window_start: entry.first_seen,
+            entry,
+            seen: entry.sources(),
+            replacement: None,
+            merges: Vec::new(),
+            last_props: entry.props_hash(),
+            merge: site.settings.merge_properties,
+        });
+        t.seen |= event.source.bit();
+        let kept = t.replacement.as_ref().map_or(entry.kept(), |r| r.source);
+        let known = entry.is_known() || t.replacement.is_some();
+        if known && Resolution::of(site.settings.policy, kept, t.window_start, event.source, now) == Resolution::Replace {
+            let received = i64::from(t.window_start) * 1_000_000;
+            t.replacement = Some(row_of(key, site, event, received));
+            t.last_props = props_hash(event.properties.as_deref());
+            // The copy dropped is the one that was kept until now.
+            self.dups.push(DuplicateRow {
+                source: kept,
+                received_at: received,
+                ..dropped(site, event, now_micros, event.source)
+            });
+            return;
+        }
+        let hash = props_hash(event.properties.as_deref());
+        if site.settings.merge_properties {
+            if let Some(text) = &event.properties {
+                if !(entry.is_known() && entry.props_hash_matches(hash) && t.merges.is_empty()) {
+                    t.merges.push(text.clone());
+                }
+                t.last_props = hash;
+            }
+        }
+        self.dups.push(dropped(site, event, now_micros, kept));
+    }
+}
+
+fn row_of(key: KeyHash, site: &Site, e: &Event, received_at: i64) -> EventRow {
+    EventRow {
+        site: site.name.clone(),
+        event_id: e.event_id.clone(),
+        event_name: e.event_name.clone(),
+        source: e.source,
+        seen: e.source.bit(),
+        occurred_at: e.occurred_at.unwrap_or(received_at),
+        received_at,
+        session_id: e.session_id.clone(),
+        visitor_id: e.visitor_id.clone(),
+        url: e.url.clone(),
+        referrer: e.referrer.clone(),
+        properties: e.properties.clone(),
+        key,
+    }
+}
+
+fn dropped(site: &Site, e: &Event, now_micros: i64, kept_source: Source) -> DuplicateRow {
+    DuplicateRow {
+        site: site.name.clone(),
+        event_id: e.event_id.clone(),
+        event_name: e.event_name.clone(),
+        source: e.source,
+        received_at: now_micros,
+        kept_source,
+    }
+}

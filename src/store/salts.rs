@@ -1,0 +1,38 @@
+//! Daily visitor salts. A visitor id is a keyed hash with the day's salt;
+//! salts of past days are deleted, so yesterday's ids cannot be recomputed
+//! and a visitor cannot be followed across days.
+
+use super::Result;
+use duckdb::{params, Connection, OptionalExt};
+
+/// The salt of `day` (days since the epoch), created if missing; older salts
+/// are deleted in the same transaction.
+pub fn for_day(conn: &Connection, day: i64, fresh: impl FnOnce() -> String) -> Result<String> {
+    let date = (chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(day)).date_naive().to_string();
+    conn.execute_batch("BEGIN TRANSACTION")?;
+    let result = (|| {
+        let existing: Option<String> = conn
+            .query_row("SELECT salt FROM visitor_salts WHERE day = ?::DATE", [&date], |r| r.get(0))
+            .optional()?;
+        let salt = match existing {
+            Some(s) => s,
+            None => {
+                let s = fresh();
+                conn.execute("INSERT INTO visitor_salts VALUES (?::DATE, ?)", params![date, s])?;
+                s
+            }
+        };
+        conn.execute("DELETE FROM visitor_salts WHERE day < ?::DATE", [&date])?;
+        Ok::<_, duckdb::Error>(salt)
+    })();
+    match result {
+        Ok(s) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(s)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK")?;
+            Err(e.into())
+        }
+    }
+}

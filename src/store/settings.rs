@@ -1,0 +1,28 @@
+//! The `settings` table: appliance-wide key/value pairs (e.g. the dashboard
+//! password hash).
+
+use super::Result;
+use duckdb::{params, Connection, OptionalExt};
+
+/// The value stored under `key`, if any.
+pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?", [key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Stores `value` under `key`, replacing what was there.
+pub fn set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute_batch("BEGIN")?;
+    let done = conn
+        .execute("DELETE FROM settings WHERE key = ?", [key])
+        .and_then(|_| conn.execute("INSERT INTO settings VALUES (?, ?)", params![key, value]));
+    match done {
+        Ok(_) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            conn.execute_batch("ROLLBACK")?;
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}

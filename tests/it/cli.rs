@@ -1,0 +1,179 @@
+//! The `tally` binary's commands, with and without a running server.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::io::Write;
+
+fn add_site(dir: &std::path::Path) -> Value {
+    let out = tally_ok(dir, &["site", "add", "shop", "--origin", "https://shop.example.com", "--json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn site_add_prints_key_token_and_snippet_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = add_site(dir.path());
+    assert!(site["site_key"].as_str().unwrap().starts_with("site_"));
+    assert!(site["api_token"].as_str().unwrap().starts_with("tly_"));
+    let snippet = site["snippet"].as_str().unwrap();
+    assert!(snippet.contains("tally.js"));
+    assert!(snippet.contains(site["site_key"].as_str().unwrap()));
+    assert_eq!(snippet.lines().count(), 2);
+    let list: Value = serde_json::from_str(&tally_ok(dir.path(), &["site", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["name"], "shop");
+    assert_eq!(list[0]["origins"], json!(["https://shop.example.com"]));
+    let token_hash: Value =
+        serde_json::from_str(&tally_ok(dir.path(), &["sql", "SELECT token_hash FROM sites", "--format", "json"]))
+            .unwrap();
+    assert_ne!(token_hash[0]["token_hash"], site["api_token"], "the token is stored hashed");
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_a_message_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tally(dir.path(), &["site", "add", "shop", "--origin", "not-a-url"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("origin"));
+    assert!(out.stdout.is_empty());
+    add_site(dir.path());
+    let out = tally(dir.path(), &["site", "add", "shop", "--origin", "https://a.example"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = tally(dir.path(), &["sql", "SELEC nonsense"]);
+    assert!(!out.status.success());
+    let out = tally(dir.path(), &["import", "/nonexistent.ndjson", "--site", "shop"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn sql_is_read_only_unless_write() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let out = tally(dir.path(), &["sql", "DELETE FROM sites"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--write"));
+    tally_ok(dir.path(), &["sql", "DELETE FROM sites", "--write"]);
+    assert_eq!(tally_ok(dir.path(), &["sql", "SELECT count(*) AS n FROM sites", "--format", "json"]), "[{\"n\":0}]\n");
+}
+
+#[test]
+fn sql_answers_the_same_with_the_server_running_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = add_site(dir.path());
+    let server = ServerProcess::start(dir.path());
+    let token = site["api_token"].as_str().unwrap();
+    let res: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(token)
+        .json(&json!({"events": [event("a", "n"), event("b", "n"), event("a", "n")]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(res["accepted"], 2);
+    let q = ["sql", "SELECT count(*) FROM events", "--format", "json"];
+    let while_running = tally_ok(dir.path(), &q);
+    let csv_running = tally_ok(dir.path(), &["sql", "SELECT event_id, source FROM events ORDER BY 1", "--format", "csv"]);
+    assert!(server.terminate(), "SIGTERM exits 0");
+    let while_stopped = tally_ok(dir.path(), &q);
+    assert_eq!(while_running, "[{\"count_star()\":2}]\n");
+    assert_eq!(while_running, while_stopped);
+    let csv_stopped = tally_ok(dir.path(), &["sql", "SELECT event_id, source FROM events ORDER BY 1", "--format", "csv"]);
+    assert_eq!(csv_running, "event_id,source\na,server\nb,server\n");
+    assert_eq!(csv_running, csv_stopped);
+}
+
+#[test]
+fn a_site_added_while_serving_works_at_once_and_rotation_revokes_the_old_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let site = add_site(dir.path());
+    let client = reqwest::blocking::Client::new();
+    let post = |token: &str| {
+        client
+            .post(format!("{}/v1/events", server.base))
+            .bearer_auth(token)
+            .json(&json!({"events": [event("a", "n")]}))
+            .send()
+            .unwrap()
+            .status()
+    };
+    let old = site["api_token"].as_str().unwrap();
+    assert_eq!(post(old), 200);
+    let rotated: Value = serde_json::from_str(&tally_ok(dir.path(), &["site", "rotate-token", "shop", "--json"])).unwrap();
+    assert_eq!(post(old), 401);
+    assert_eq!(post(rotated["api_token"].as_str().unwrap()), 200);
+}
+
+#[test]
+fn import_twice_changes_nothing_and_history_counts_as_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let file = dir.path().join("backfill.ndjson");
+    let mut f = std::fs::File::create(&file).unwrap();
+    for i in 0..2500 {
+        writeln!(f, r#"{{"event_id":"o{i}","event_name":"order.completed","occurred_at":"2025-01-01T00:00:00Z","properties":{{"n":{i}}}}}"#).unwrap();
+    }
+    writeln!(f, r#"{{"event_id":"o1","event_name":"order.completed"}}"#).unwrap();
+    writeln!(f, "not json").unwrap();
+    writeln!(f).unwrap();
+    writeln!(f, r#"{{"event_id":"","event_name":"x"}}"#).unwrap();
+    drop(f);
+    let path = file.to_str().unwrap();
+    let first: Value = serde_json::from_str(&tally_ok(dir.path(), &["import", path, "--site", "shop", "--json"])).unwrap();
+    assert_eq!((first["accepted"].as_u64(), first["deduplicated"].as_u64(), first["rejected"].as_u64()), (Some(2500), Some(1), Some(2)));
+    assert_eq!(first["errors"][0]["line"], 2502);
+    let text = tally_ok(dir.path(), &["import", path, "--site", "shop"]);
+    assert_eq!(text, "accepted 0, deduplicated 2501, rejected 2\n");
+    let n = tally_ok(dir.path(), &["sql", "SELECT count(*) AS n FROM events WHERE source = 'import'", "--format", "json"]);
+    assert_eq!(n, "[{\"n\":2500}]\n");
+}
+
+#[test]
+fn import_finds_keys_older_than_the_window() {
+    // Live traffic first, then a backfill of the same orders long after the window.
+    let app = spawn_app();
+    app.send(json!([event("o1", "order.completed")]));
+    app.clock.advance_secs(30 * 86_400);
+    let file = app.dir.path().join("old.ndjson");
+    std::fs::write(&file, "{\"event_id\":\"o1\",\"event_name\":\"order.completed\"}\n{\"event_id\":\"o2\",\"event_name\":\"order.completed\"}\n").unwrap();
+    let answer = tally::control::execute(
+        &app.app,
+        tally::control::Request::Import { path: file, site: "shop".into() },
+    )
+    .unwrap();
+    assert_eq!((answer["accepted"].as_u64(), answer["deduplicated"].as_u64()), (Some(1), Some(1)));
+    // A live copy after the window is still a new event (live traffic does not look back).
+    assert_eq!(app.send(json!([event("o1", "order.completed")]))["accepted"], 1);
+}
+
+#[test]
+fn export_writes_each_format_and_ndjson_round_trips_through_import() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let src = dir.path().join("in.ndjson");
+    std::fs::write(
+        &src,
+        "{\"event_id\":\"a\",\"event_name\":\"n\",\"occurred_at\":\"2026-11-20T10:00:00Z\",\"properties\":{\"k\":1}}\n\
+         {\"event_id\":\"b\",\"event_name\":\"n\",\"occurred_at\":\"2026-11-22T10:00:00Z\"}\n",
+    )
+    .unwrap();
+    tally_ok(dir.path(), &["import", src.to_str().unwrap(), "--site", "shop"]);
+    for format in ["parquet", "csv", "ndjson"] {
+        let out = dir.path().join(format!("out.{format}"));
+        tally_ok(dir.path(), &["export", "--site", "shop", "--format", format, "--out", out.to_str().unwrap()]);
+        assert!(std::fs::metadata(&out).unwrap().len() > 0, "{format}");
+    }
+    let out = dir.path().join("range.ndjson");
+    let text = tally_ok(
+        dir.path(),
+        &["export", "--site", "shop", "--format", "ndjson", "--out", out.to_str().unwrap(), "--from", "2026-11-21", "--to", "2026-11-22"],
+    );
+    assert!(text.contains("Exported 1 events"), "{text}");
+    let exported = std::fs::read_to_string(&out).unwrap();
+    assert!(exported.contains("\"event_id\":\"b\""));
+    let again = tally_ok(dir.path(), &["import", out.to_str().unwrap(), "--site", "shop"]);
+    assert_eq!(again, "accepted 0, deduplicated 1, rejected 0\n");
+    let parquet = dir.path().join("out.parquet");
+    let q = format!("SELECT count(*) AS n FROM read_parquet('{}')", parquet.display());
+    assert_eq!(tally_ok(dir.path(), &["sql", &q, "--format", "json"]), "[{\"n\":2}]\n");
+}

@@ -1,0 +1,239 @@
+//! `spawn_app()` and friends: a real server on 127.0.0.1:0 over a temp dir,
+//! with a manual clock so tests can cross a dedup window without sleeping.
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally::app::App;
+use tally::config::Config;
+use tally::domain::ManualClock;
+use tempfile::TempDir;
+
+/// The allowed origin of the test site.
+pub const ORIGIN: &str = "http://localhost:3000";
+
+/// A running in-process server.
+pub struct TestApp {
+    pub base: String,
+    pub app: Arc<App>,
+    pub clock: Arc<ManualClock>,
+    pub site_key: String,
+    pub token: String,
+    pub client: Client,
+    pub dir: TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    spawn_app_in(dir)
+}
+
+pub fn spawn_app_in(dir: TempDir) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = Config {
+        listen: addr.to_string(),
+        data_dir: dir.path().to_owned(),
+        public_url: format!("http://{addr}"),
+    };
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = Arc::new(App::open(config, clock.clone()).unwrap());
+    let site = match app.site("shop") {
+        Ok(_) => None,
+        Err(_) => Some(app.add_site("shop", &[ORIGIN.to_owned()]).unwrap()),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = app.clone();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new()
+            .block_on(tally::server::run(served, listener, async {
+                let _ = stopped.await;
+            }))
+            .unwrap();
+    });
+    let base = format!("http://{addr}");
+    wait_healthy(&base);
+    let (site_key, token) = match site {
+        Some(s) => (s.site_key, s.api_token),
+        None => (app.site("shop").unwrap().site_key.clone(), String::new()),
+    };
+    TestApp {
+        base,
+        app,
+        clock,
+        site_key,
+        token,
+        client: Client::new(),
+        dir,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl TestApp {
+    /// POSTs `{"events": events}` with the site's token.
+    pub fn post_events(&self, events: Value) -> Response {
+        self.post_events_raw(json!({ "events": events }).to_string(), Some(&self.token))
+    }
+
+    pub fn post_events_raw(&self, body: String, token: Option<&str>) -> Response {
+        let mut req = self.client.post(format!("{}/v1/events", self.base)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().unwrap()
+    }
+
+    /// POSTs events and returns the answer, asserting 200.
+    pub fn send(&self, events: Value) -> Value {
+        let res = self.post_events(events);
+        assert_eq!(res.status(), 200);
+        res.json().unwrap()
+    }
+
+    /// POSTs one pixel event from `origin`.
+    pub fn pixel(&self, body: Value, origin: &str) -> Response {
+        self.client
+            .post(format!("{}/v1/pixel", self.base))
+            .header("Content-Type", "text/plain")
+            .header("Origin", origin)
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    }
+
+    /// Runs a read-only query on the running app's store.
+    pub fn query(&self, sql: &str) -> Vec<Vec<Value>> {
+        let conn = self.app.store.connect().unwrap();
+        tally::store::sql::run(&conn, sql, false).unwrap().rows
+    }
+
+    /// A single number from a query.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.query(sql)[0][0].as_i64().unwrap()
+    }
+
+    /// Stops the server and returns its data dir.
+    pub fn stop(mut self) -> TempDir {
+        self.shutdown();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A server event with the given id and name.
+pub fn event(id: &str, name: &str) -> Value {
+    json!({"event_id": id, "event_name": name, "source": "server"})
+}
+
+pub fn wait_healthy(base: &str) {
+    let client = Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send() {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{base} did not become healthy");
+}
+
+/// The built binary.
+pub fn tally_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tally"))
+}
+
+/// Runs `tally ARGS --data-dir DIR` and returns its output.
+pub fn tally(dir: &Path, args: &[&str]) -> Output {
+    Command::new(tally_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("TALLY_DATA_DIR")
+        .env_remove("TALLY_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `tally`, asserts success, returns stdout.
+pub fn tally_ok(dir: &Path, args: &[&str]) -> String {
+    let out = tally(dir, args);
+    assert!(
+        out.status.success(),
+        "tally {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A free TCP port on localhost.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `tally serve` as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    pub fn start(dir: &Path) -> ServerProcess {
+        let port = free_port();
+        let child = Command::new(tally_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&base);
+        ServerProcess { child, base }
+    }
+
+    /// SIGTERM, then waits; returns whether the exit was clean.
+    pub fn terminate(mut self) -> bool {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let status = self.child.wait().unwrap();
+        status.success()
+    }
+
+    /// SIGKILL, then waits.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
