@@ -20,8 +20,10 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 /// One command for [`execute`]; also the control socket's wire format.
+/// Fields mirror the CLI flags of the same names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
+#[allow(missing_docs)]
 pub enum Request {
     /// `tally site add`.
     SiteAdd { name: String, origins: Vec<String> },

@@ -125,7 +125,10 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownSite(_) | StoreError::Invalid(_) | StoreError::SiteExists(_) => {
                 ApiError::bad_request("invalid_request", e.to_string())
             }
-            other => ApiError::Unavailable(format!("the store cannot answer: {other}")),
+            StoreError::Locked { .. } | StoreError::Io { .. } => {
+                ApiError::Unavailable(format!("the store cannot answer: {e}"))
+            }
+            StoreError::Db(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -73,6 +73,8 @@ struct Group {
     row_props: Vec<u32>,
     dups: Vec<DuplicateRow>,
     touched: HashMap<KeyHash, Touch>,
+    /// Copies by source and fate, counted once the group commits.
+    counts: Vec<(Source, Fate)>,
 }
 
 impl Writer {
@@ -162,7 +164,7 @@ impl Writer {
                     group.push_new(key, site, event, now_micros);
                     Fate::Accepted
                 };
-                self.metrics.count(event.source, fate, 1);
+                group.counts.push((event.source, fate));
                 match fate {
                     Fate::Accepted => outcome.accepted += 1,
                     _ => outcome.deduplicated += 1,
@@ -226,6 +228,9 @@ impl Writer {
     fn apply(&mut self, group: Group, now_micros: i64) {
         let now = now_micros.div_euclid(1_000_000) as u32;
         let mut per_site: HashMap<&str, u64> = HashMap::new();
+        for (source, fate) in &group.counts {
+            self.metrics.count(*source, *fate, 1);
+        }
         let live = self.feed.receiver_count() > 0;
         for (row, props) in group.rows.iter().zip(&group.row_props) {
             self.index.insert(row.key, Entry::new(now, row.source, row.seen, *props));

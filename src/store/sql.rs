@@ -148,7 +148,7 @@ mod tests {
     fn numbers_stay_numbers() {
         let t = run(&conn(), "SELECT count(*) AS n, 1.5::DOUBLE AS d, sum(1) AS s, 'x' AS t", false).unwrap();
         assert_eq!(t.columns, ["n", "d", "s", "t"]);
-        assert_eq!(t.rows, vec![vec![Json::from(0), Json::from(1.5), Json::from(1), Json::from("x")]]);
+        assert_eq!(t.rows, vec![vec![Json::from(1), Json::from(1.5), Json::from(1), Json::from("x")]]);
     }
 
     #[test]

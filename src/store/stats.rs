@@ -154,10 +154,10 @@ pub fn series(conn: &Connection, site: &str, range: Range) -> Result<Vec<Point>>
             SELECT date_trunc('{bucket}', occurred_at) AS t, \
                    count(*) FILTER (WHERE seen_pixel AND NOT seen_server) AS pixel_only, \
                    count(*) FILTER (WHERE seen_server AND NOT seen_pixel) AS server_only, \
-                   count(*) FILTER (WHERE seen_pixel AND seen_server) AS both, \
+                   count(*) FILTER (WHERE seen_pixel AND seen_server) AS n_both, \
                    count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) AS import_only \
             FROM events WHERE site = ? AND occurred_at >= ? AND occurred_at < ? GROUP BY 1) \
-         SELECT epoch_us(b.t), coalesce(pixel_only, 0), coalesce(server_only, 0), coalesce(both, 0), coalesce(import_only, 0) \
+         SELECT epoch_us(b.t), coalesce(pixel_only, 0), coalesce(server_only, 0), coalesce(n_both, 0), coalesce(import_only, 0) \
          FROM buckets b LEFT JOIN counts c USING (t) ORDER BY 1"
     );
     let mut stmt = conn.prepare_cached(&sql)?;

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const W3C_ELEMENT: &str = "element-6066-11e4-a52f-4a5d65ad2e1b";
+const W3C_ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium session.
 pub struct Browser {
@@ -66,14 +66,11 @@ impl Browser {
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let res: Value = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let mut req = self.client.request(method.clone(), format!("{}{path}", self.base));
+        if method != reqwest::Method::GET {
+            req = req.json(&body);
+        }
+        let res: Value = req.send().unwrap().json().unwrap();
         if res["value"]["error"].is_string() {
             panic!("webdriver {path}: {}", res["value"]);
         }
@@ -93,7 +90,7 @@ impl Browser {
     /// The first element matching `css`.
     pub fn find(&self, css: &str) -> String {
         let v = self.call(reqwest::Method::POST, "/element", json!({"using": "css selector", "value": css}));
-        v[W3C_ELEMENT].as_str().unwrap().to_owned()
+        v[W3C_ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_owned()
     }
 
     /// Types into an element.

@@ -202,7 +202,7 @@ pub async fn live(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, 
     let stream = futures_util::stream::unfold((rx, site), |(mut rx, site)| async move {
         loop {
             match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-                Err(_) => return Some((Ok::<_, actix_web::Error>(Bytes::from_static(b": keep-alive\n\n")), (rx, site))),
+                Err(_) => return Some((Ok::<_, std::convert::Infallible>(Bytes::from_static(b": keep-alive\n\n")), (rx, site))),
                 Ok(Ok(item)) if item.site == site => {
                     let data = serde_json::to_string(&*item).unwrap_or_default();
                     return Some((Ok(Bytes::from(format!("data: {data}\n\n"))), (rx, site)));
