@@ -27,9 +27,16 @@ fn args() -> Args {
         eprintln!("usage: loadgen URL TOKEN [seconds] [threads] [batch] [dup]");
         std::process::exit(2);
     }
-    let num = |i: usize, d: f64| a.get(i).map(|s| s.parse::<f64>().expect("a number")).unwrap_or(d);
+    let num = |i: usize, d: f64| {
+        a.get(i)
+            .map(|s| s.parse::<f64>().expect("a number"))
+            .unwrap_or(d)
+    };
     Args {
-        host: a[0].trim_start_matches("http://").trim_end_matches('/').to_owned(),
+        host: a[0]
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
         token: a[1].clone(),
         seconds: num(2, 20.0) as u64,
         threads: num(3, 4.0) as usize,
@@ -72,7 +79,12 @@ fn body(rng: &mut Rng, thread: usize, next_id: &mut u64, batch: usize, dup: f64)
     format!(r#"{{"events":[{}]}}"#, events.join(","))
 }
 
-fn post(stream: &mut BufReader<TcpStream>, host: &str, token: &str, body: &str) -> std::io::Result<(u16, String)> {
+fn post(
+    stream: &mut BufReader<TcpStream>,
+    host: &str,
+    token: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let req = format!(
         "POST /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -80,7 +92,11 @@ fn post(stream: &mut BufReader<TcpStream>, host: &str, token: &str, body: &str) 
     stream.get_mut().write_all(req.as_bytes())?;
     let mut line = String::new();
     stream.read_line(&mut line)?;
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut len = 0;
     loop {
         line.clear();
@@ -108,13 +124,23 @@ fn field(json: &str, name: &str) -> u64 {
 fn main() {
     let a = Arc::new(args());
     let stop = Arc::new(AtomicBool::new(false));
-    let (accepted, deduplicated, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (accepted, deduplicated, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let started = Instant::now();
     let handles: Vec<_> = (0..a.threads)
         .map(|t| {
-            let (a, stop, acc, dd, failed) = (a.clone(), stop.clone(), accepted.clone(), deduplicated.clone(), failed.clone());
+            let (a, stop, acc, dd, failed) = (
+                a.clone(),
+                stop.clone(),
+                accepted.clone(),
+                deduplicated.clone(),
+                failed.clone(),
+            );
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1) * 0x1234_5678);
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678));
                 let mut next_id = 0;
                 let mut latencies = Vec::new();
                 let mut stream = BufReader::new(TcpStream::connect(&a.host).expect("connect"));
@@ -142,11 +168,22 @@ fn main() {
         .collect();
     std::thread::sleep(Duration::from_secs(a.seconds));
     stop.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut latencies: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let secs = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
-    let (acc, dd) = (accepted.load(Ordering::Relaxed), deduplicated.load(Ordering::Relaxed));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let (acc, dd) = (
+        accepted.load(Ordering::Relaxed),
+        deduplicated.load(Ordering::Relaxed),
+    );
     println!(
         "{:.0} events/s over {secs:.1} s ({} requests of {}; accepted {acc}, deduplicated {dd} = {:.1} %; 503s {}); latency p50 {:.1} ms, p99 {:.1} ms",
         (acc + dd) as f64 / secs,

@@ -29,12 +29,26 @@ impl Rng {
 }
 
 const PAGES: [&str; 12] = [
-    "/", "/pricing", "/blog/duckdb-at-the-edge", "/blog/counting-once", "/docs", "/docs/pixel",
-    "/docs/api", "/checkout", "/checkout/thanks", "/account", "/signup", "/about",
+    "/",
+    "/pricing",
+    "/blog/duckdb-at-the-edge",
+    "/blog/counting-once",
+    "/docs",
+    "/docs/pixel",
+    "/docs/api",
+    "/checkout",
+    "/checkout/thanks",
+    "/account",
+    "/signup",
+    "/about",
 ];
 const REFERRERS: [&str; 6] = [
-    "https://www.google.com/", "https://news.ycombinator.com/", "https://duckduckgo.com/",
-    "https://twitter.com/", "https://github.com/", "https://www.reddit.com/",
+    "https://www.google.com/",
+    "https://news.ycombinator.com/",
+    "https://duckduckgo.com/",
+    "https://twitter.com/",
+    "https://github.com/",
+    "https://www.reddit.com/",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -47,7 +61,10 @@ fn main() -> anyhow::Result<()> {
     let days: f64 = args.get(2).map_or(Ok(30.0), |s| s.parse())?;
     let site_name = args.get(3).cloned().unwrap_or_else(|| "shop".into());
     let config = Config::resolve(
-        Overrides { data_dir: Some(dir.into()), ..Default::default() },
+        Overrides {
+            data_dir: Some(dir.into()),
+            ..Default::default()
+        },
         FileConfig::default(),
         None,
     )?;
@@ -85,11 +102,20 @@ fn main() -> anyhow::Result<()> {
             (_, 2) => Source::Pixel.bit(),
             _ => Source::Pixel.bit() | Source::Server.bit(),
         };
-        let source = if seen & Source::Pixel.bit() != 0 { Source::Pixel } else { Source::Server };
+        let source = if seen & Source::Pixel.bit() != 0 {
+            Source::Pixel
+        } else {
+            Source::Server
+        };
         let page = PAGES[rng.below(PAGES.len() as u64) as usize];
-        let referrer = (rng.below(3) == 0).then(|| REFERRERS[rng.below(REFERRERS.len() as u64) as usize].to_owned());
+        let referrer = (rng.below(3) == 0)
+            .then(|| REFERRERS[rng.below(REFERRERS.len() as u64) as usize].to_owned());
         let props = match name {
-            "order.completed" => Some(format!(r#"{{"order_id":"{i}","total":{}.{:02}}}"#, rng.below(400), rng.below(100))),
+            "order.completed" => Some(format!(
+                r#"{{"order_id":"{i}","total":{}.{:02}}}"#,
+                rng.below(400),
+                rng.below(100)
+            )),
             "signup" => Some(r#"{"plan":"pro"}"#.to_owned()),
             _ => None,
         };
@@ -128,6 +154,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     conn.execute_batch("CHECKPOINT")?;
-    eprintln!("\nseeded {n} events over {days} days in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "\nseeded {n} events over {days} days in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -71,7 +71,12 @@ impl App {
             return Ok(i);
         }
         let sites: Vec<Site> = self.sites.all().iter().map(|s| (**s).clone()).collect();
-        let started = Ingest::start(&self.store, &sites, self.clock.clone(), self.metrics.clone())?;
+        let started = Ingest::start(
+            &self.store,
+            &sites,
+            self.clock.clone(),
+            self.metrics.clone(),
+        )?;
         Ok(self.ingest.get_or_init(|| started))
     }
 
@@ -139,7 +144,10 @@ impl App {
         let token = site::new_api_token();
         let hash = site::hash_token(&token);
         store::sites::set_token_hash(&self.store.connect()?, site.id, &hash)?;
-        let updated = Site { token_hash: hash, ..(*site).clone() };
+        let updated = Site {
+            token_hash: hash,
+            ..(*site).clone()
+        };
         Ok((self.sites.upsert(updated), token))
     }
 
@@ -161,12 +169,18 @@ impl App {
             None => site.origins.clone(),
         };
         store::sites::set_settings(&conn, site.id, &settings)?;
-        Ok(self.sites.upsert(Site { settings, origins, ..(*site).clone() }))
+        Ok(self.sites.upsert(Site {
+            settings,
+            origins,
+            ..(*site).clone()
+        }))
     }
 
     /// A site by name or site key.
     pub fn site(&self, site_ref: &str) -> Result<Arc<Site>, StoreError> {
-        self.sites.find(site_ref).ok_or_else(|| StoreError::UnknownSite(site_ref.to_owned()))
+        self.sites
+            .find(site_ref)
+            .ok_or_else(|| StoreError::UnknownSite(site_ref.to_owned()))
     }
 }
 
@@ -200,7 +214,9 @@ pub struct SiteRegistry {
 impl SiteRegistry {
     /// A registry holding `sites`.
     pub fn new(sites: Vec<Site>) -> Self {
-        Self { sites: RwLock::new(sites.into_iter().map(Arc::new).collect()) }
+        Self {
+            sites: RwLock::new(sites.into_iter().map(Arc::new).collect()),
+        }
     }
 
     /// Every site, by id.
@@ -210,7 +226,9 @@ impl SiteRegistry {
 
     /// A site by name or public key.
     pub fn find(&self, name_or_key: &str) -> Option<Arc<Site>> {
-        self.all().into_iter().find(|s| s.name == name_or_key || s.site_key == name_or_key)
+        self.all()
+            .into_iter()
+            .find(|s| s.name == name_or_key || s.site_key == name_or_key)
     }
 
     /// The site whose public key is `key`.

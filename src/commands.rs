@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 
 /// Runs the command line; errors become a message and a non-zero exit in `main`.
 pub fn run(cli: Cli) -> Result<()> {
-    let overrides = Overrides { data_dir: cli.data_dir, config_file: cli.config, ..Default::default() };
+    let overrides = Overrides {
+        data_dir: cli.data_dir,
+        config_file: cli.config,
+        ..Default::default()
+    };
     match cli.command {
         Command::Serve(args) => {
             crate::telemetry::init("info");
@@ -44,8 +48,12 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn serve(config: Config) -> Result<()> {
-    let listener = std::net::TcpListener::bind(&config.listen)
-        .with_context(|| format!("cannot listen on {} (is another server using it?)", config.listen))?;
+    let listener = std::net::TcpListener::bind(&config.listen).with_context(|| {
+        format!(
+            "cannot listen on {} (is another server using it?)",
+            config.listen
+        )
+    })?;
     let app = Arc::new(App::open(config, Arc::new(SystemClock))?);
     actix_web::rt::System::new().block_on(crate::server::run(
         app,
@@ -77,7 +85,10 @@ fn dispatch(config: &Config, request: Request) -> Result<Value> {
 }
 
 fn is_locked(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked { .. }))
+    matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::Locked { .. })
+    )
 }
 
 type Printer = Box<dyn Fn(&Value, &mut dyn Write) -> Result<()>>;
@@ -86,25 +97,55 @@ type Printer = Box<dyn Fn(&Value, &mut dyn Write) -> Result<()>>;
 fn plan(command: Command) -> Result<(Request, Printer)> {
     Ok(match command {
         Command::Serve(_) => unreachable!("serve is handled by run"),
-        Command::Site(SiteCommand::Add { name, origins, json }) => {
-            (Request::SiteAdd { name, origins }, if json { print_json() } else { Box::new(print_new_site) })
-        }
-        Command::Site(SiteCommand::List { json }) => {
-            (Request::SiteList, if json { print_json() } else { Box::new(print_sites) })
-        }
+        Command::Site(SiteCommand::Add {
+            name,
+            origins,
+            json,
+        }) => (
+            Request::SiteAdd { name, origins },
+            if json {
+                print_json()
+            } else {
+                Box::new(print_new_site)
+            },
+        ),
+        Command::Site(SiteCommand::List { json }) => (
+            Request::SiteList,
+            if json {
+                print_json()
+            } else {
+                Box::new(print_sites)
+            },
+        ),
         Command::Site(SiteCommand::RotateToken { site, json }) => (
             Request::SiteRotateToken { site },
             if json {
                 print_json()
             } else {
                 Box::new(|v, out| {
-                    writeln!(out, "New API token for {}: {}", text(&v["name"]), text(&v["api_token"]))?;
-                    writeln!(out, "The old token no longer works. This token is shown only once.")?;
+                    writeln!(
+                        out,
+                        "New API token for {}: {}",
+                        text(&v["name"]),
+                        text(&v["api_token"])
+                    )?;
+                    writeln!(
+                        out,
+                        "The old token no longer works. This token is shown only once."
+                    )?;
                     Ok(())
                 })
             },
         ),
-        Command::Site(SiteCommand::Set { site, window, policy, merge, daily_quota, origins, json }) => {
+        Command::Site(SiteCommand::Set {
+            site,
+            window,
+            policy,
+            merge,
+            daily_quota,
+            origins,
+            json,
+        }) => {
             let change = SiteChange {
                 window_secs: window.as_deref().map(parse_duration).transpose()?,
                 policy,
@@ -112,13 +153,26 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
                 daily_quota,
                 origins: (!origins.is_empty()).then_some(origins),
             };
-            (Request::SiteSet { site, change }, if json { print_json() } else { Box::new(print_sites) })
+            (
+                Request::SiteSet { site, change },
+                if json {
+                    print_json()
+                } else {
+                    Box::new(print_sites)
+                },
+            )
         }
         Command::Admin(AdminCommand::SetPassword) => (
-            Request::SetPasswordHash { hash: hash_password(&read_password()?)? },
+            Request::SetPasswordHash {
+                hash: hash_password(&read_password()?)?,
+            },
             Box::new(|_, out| Ok(writeln!(out, "Dashboard password set.")?)),
         ),
-        Command::Sql { query, format, write } => (
+        Command::Sql {
+            query,
+            format,
+            write,
+        } => (
             Request::Sql { query, write },
             Box::new(move |v, out| {
                 let table: Table = serde_json::from_value(v.clone())?;
@@ -128,9 +182,22 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
         Command::Import { file, site, json } => {
             let path = std::fs::canonicalize(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            (Request::Import { path, site }, if json { print_json() } else { Box::new(print_import) })
+            (
+                Request::Import { path, site },
+                if json {
+                    print_json()
+                } else {
+                    Box::new(print_import)
+                },
+            )
         }
-        Command::Export { site, format, out, from, to } => {
+        Command::Export {
+            site,
+            format,
+            out,
+            from,
+            to,
+        } => {
             let format = match format {
                 ExportFormat::Parquet => Format::Parquet,
                 ExportFormat::Csv => Format::Csv,
@@ -140,9 +207,20 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
             let from = from.as_deref().map(|d| parse_time(d, false)).transpose()?;
             let to = to.as_deref().map(|d| parse_time(d, true)).transpose()?;
             (
-                Request::Export { site, format, out, from, to },
+                Request::Export {
+                    site,
+                    format,
+                    out,
+                    from,
+                    to,
+                },
                 Box::new(|v, out| {
-                    Ok(writeln!(out, "Exported {} events to {}", v["rows"], text(&v["path"]))?)
+                    Ok(writeln!(
+                        out,
+                        "Exported {} events to {}",
+                        v["rows"],
+                        text(&v["path"])
+                    )?)
                 }),
             )
         }
@@ -164,9 +242,20 @@ fn text(v: &Value) -> String {
 fn print_new_site(v: &Value, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "Created site {}.", text(&v["name"]))?;
     writeln!(out, "  site_key:  {}", text(&v["site_key"]))?;
-    writeln!(out, "  api_token: {}   (secret; shown only this once)", text(&v["api_token"]))?;
-    writeln!(out, "\nPaste this into every page of the site, in <head>:\n\n{}\n", text(&v["snippet"]))?;
-    writeln!(out, "Send server-side events with: Authorization: Bearer <api_token> to /v1/events")?;
+    writeln!(
+        out,
+        "  api_token: {}   (secret; shown only this once)",
+        text(&v["api_token"])
+    )?;
+    writeln!(
+        out,
+        "\nPaste this into every page of the site, in <head>:\n\n{}\n",
+        text(&v["snippet"])
+    )?;
+    writeln!(
+        out,
+        "Send server-side events with: Authorization: Bearer <api_token> to /v1/events"
+    )?;
     Ok(())
 }
 
@@ -175,12 +264,23 @@ fn print_sites(v: &Value, out: &mut dyn Write) -> Result<()> {
         Value::Array(items) => items.clone(),
         other => vec![other.clone()],
     };
-    let columns = ["name", "site_key", "origins", "window_secs", "policy", "merge_properties", "daily_quota"];
+    let columns = [
+        "name",
+        "site_key",
+        "origins",
+        "window_secs",
+        "policy",
+        "merge_properties",
+        "daily_quota",
+    ];
     let rows = sites
         .iter()
         .map(|s| columns.iter().map(|c| s[*c].clone()).collect())
         .collect();
-    let table = Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows };
+    let table = Table {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+    };
     print_table(&table, SqlFormat::Table, out)
 }
 
@@ -191,7 +291,12 @@ fn print_import(v: &Value, out: &mut dyn Write) -> Result<()> {
         v["accepted"], v["deduplicated"], v["rejected"]
     )?;
     for e in v["errors"].as_array().into_iter().flatten() {
-        eprintln!("line {}: {}: {}", e["line"], text(&e["code"]), text(&e["message"]));
+        eprintln!(
+            "line {}: {}: {}",
+            e["line"],
+            text(&e["code"]),
+            text(&e["message"])
+        );
     }
     Ok(())
 }
@@ -217,24 +322,68 @@ pub fn print_table(t: &Table, format: SqlFormat, out: &mut dyn Write) -> Result<
             writeln!(out, "[{}]", rows.join(",\n"))?;
         }
         SqlFormat::Csv => {
-            writeln!(out, "{}", t.columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            writeln!(
+                out,
+                "{}",
+                t.columns
+                    .iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
             for row in &t.rows {
-                writeln!(out, "{}", row.iter().map(|v| csv_field(&cell(v))).collect::<Vec<_>>().join(","))?;
+                writeln!(
+                    out,
+                    "{}",
+                    row.iter()
+                        .map(|v| csv_field(&cell(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?;
             }
         }
         SqlFormat::Table => {
-            let cells: Vec<Vec<String>> = t.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+            let cells: Vec<Vec<String>> = t
+                .rows
+                .iter()
+                .map(|r| r.iter().map(cell).collect())
+                .collect();
             let widths: Vec<usize> = t
                 .columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.chars().count()]).max().unwrap_or(0))
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([c.chars().count()])
+                        .max()
+                        .unwrap_or(0)
+                })
                 .collect();
             let line = |vals: Vec<&str>| -> String {
-                vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join(" | ").trim_end().to_owned()
+                vals.iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+                    .trim_end()
+                    .to_owned()
             };
-            writeln!(out, "{}", line(t.columns.iter().map(String::as_str).collect()))?;
-            writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"))?;
+            writeln!(
+                out,
+                "{}",
+                line(t.columns.iter().map(String::as_str).collect())
+            )?;
+            writeln!(
+                out,
+                "{}",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("-+-")
+            )?;
             for row in &cells {
                 writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
             }
@@ -264,7 +413,9 @@ fn csv_field(s: &str) -> String {
 /// `48h`, `90m`, `2d`, `3600s` or plain seconds → seconds.
 fn parse_duration(s: &str) -> Result<u32> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u32 = num.parse().with_context(|| format!("{s:?} is not a duration like 48h, 90m or 2d"))?;
+    let n: u32 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 48h, 90m or 2d"))?;
     let scale = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -278,8 +429,16 @@ fn parse_duration(s: &str) -> Result<u32> {
 /// A `--from`/`--to` value in µs: a day (a `--to` day is inclusive) or RFC 3339.
 fn parse_time(s: &str, end: bool) -> Result<i64> {
     if let Ok(day) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let day = if end { day + chrono::Duration::days(1) } else { day };
-        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_micros());
+        let day = if end {
+            day + chrono::Duration::days(1)
+        } else {
+            day
+        };
+        return Ok(day
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_micros());
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_micros())
@@ -287,7 +446,11 @@ fn parse_time(s: &str, end: bool) -> Result<i64> {
 }
 
 fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf> {
-    Ok(if p.is_absolute() { p.to_owned() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 fn read_password() -> Result<String> {

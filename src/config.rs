@@ -62,7 +62,10 @@ impl Config {
 
     /// Flags and env win over the file, the file over defaults.
     pub fn resolve(o: Overrides, file: FileConfig, default_dir: Option<PathBuf>) -> Result<Config> {
-        let listen = o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = o
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         listen
             .parse::<std::net::SocketAddr>()
             .with_context(|| format!("listen address {listen:?} must look like 127.0.0.1:8080"))?;
@@ -75,7 +78,11 @@ impl Config {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
-        Ok(Config { listen, data_dir, public_url })
+        Ok(Config {
+            listen,
+            data_dir,
+            public_url,
+        })
     }
 
     /// The DuckDB file.
@@ -124,7 +131,10 @@ mod tests {
             data_dir: Some("/srv/file".into()),
             public_url: None,
         };
-        let o = Overrides { data_dir: Some("/srv/flag".into()), ..Default::default() };
+        let o = Overrides {
+            data_dir: Some("/srv/flag".into()),
+            ..Default::default()
+        };
         let c = Config::resolve(o, file, Some("/home/x".into())).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.data_dir, PathBuf::from("/srv/flag"));
@@ -133,10 +143,18 @@ mod tests {
 
     #[test]
     fn defaults_and_bad_listen() {
-        let c = Config::resolve(Overrides::default(), FileConfig::default(), Some("/d".into())).unwrap();
+        let c = Config::resolve(
+            Overrides::default(),
+            FileConfig::default(),
+            Some("/d".into()),
+        )
+        .unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.db_path(), PathBuf::from("/d/tally.duckdb"));
-        let o = Overrides { listen: Some("nope".into()), ..Default::default() };
+        let o = Overrides {
+            listen: Some("nope".into()),
+            ..Default::default()
+        };
         assert!(Config::resolve(o, FileConfig::default(), Some("/d".into())).is_err());
     }
 }

@@ -108,16 +108,39 @@ impl Metrics {
             );
         }
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: String| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
         };
-        gauge(&mut out, "tally_ingest_queue_depth", "Events waiting for the writer.", "gauge",
-            self.queue_depth.load(Relaxed).to_string());
-        gauge(&mut out, "tally_commits_total", "Group commits to DuckDB.", "counter",
-            self.commits.load(Relaxed).to_string());
-        gauge(&mut out, "tally_commit_seconds_total", "Time spent in group commits.", "counter",
-            format!("{:.6}", self.commit_micros.load(Relaxed) as f64 / 1e6));
-        gauge(&mut out, "tally_commit_rows_total", "Rows (events and dropped copies) committed.", "counter",
-            self.commit_rows.load(Relaxed).to_string());
+        gauge(
+            &mut out,
+            "tally_ingest_queue_depth",
+            "Events waiting for the writer.",
+            "gauge",
+            self.queue_depth.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "tally_commits_total",
+            "Group commits to DuckDB.",
+            "counter",
+            self.commits.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "tally_commit_seconds_total",
+            "Time spent in group commits.",
+            "counter",
+            format!("{:.6}", self.commit_micros.load(Relaxed) as f64 / 1e6),
+        );
+        gauge(
+            &mut out,
+            "tally_commit_rows_total",
+            "Rows (events and dropped copies) committed.",
+            "counter",
+            self.commit_rows.load(Relaxed).to_string(),
+        );
         out
     }
 }

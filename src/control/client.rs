@@ -17,7 +17,9 @@ pub fn connect(path: &Path) -> Option<UnixStream> {
 pub fn call(mut stream: UnixStream, req: &Request) -> Result<Value> {
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).context("cannot send to the running server")?;
+    stream
+        .write_all(line.as_bytes())
+        .context("cannot send to the running server")?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)

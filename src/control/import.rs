@@ -30,13 +30,16 @@ pub fn run(app: &App, path: &Path, site: &str) -> Result<Value, ControlError> {
         }
         let outcome = ingest
             .ingest_blocking(site.clone(), std::mem::take(chunk), true)
-            .map_err(|e| ControlError(format!("import stopped: {e}; lines before it are stored")))?;
+            .map_err(|e| {
+                ControlError(format!("import stopped: {e}; lines before it are stored"))
+            })?;
         accepted += outcome.accepted;
         deduplicated += outcome.deduplicated;
         Ok(())
     };
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| ControlError(format!("cannot read {}: {e}", path.display())))?;
+        let line =
+            line.map_err(|e| ControlError(format!("cannot read {}: {e}", path.display())))?;
         if line.trim().is_empty() {
             continue;
         }

@@ -40,7 +40,13 @@ pub enum Request {
     /// `tally import` (an absolute path the server can read).
     Import { path: PathBuf, site: String },
     /// `tally export`.
-    Export { site: String, format: Format, out: PathBuf, from: Option<i64>, to: Option<i64> },
+    Export {
+        site: String,
+        format: Format,
+        out: PathBuf,
+        from: Option<i64>,
+        to: Option<i64>,
+    },
 }
 
 /// Settings to change; `None` leaves a setting as it is.
@@ -76,7 +82,9 @@ pub const PASSWORD_KEY: &str = "admin_password_hash";
 pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
     match req {
         Request::SiteAdd { name, origins } => Ok(json!(app.add_site(&name, &origins)?)),
-        Request::SiteList => Ok(Value::Array(app.sites.all().iter().map(|s| site_json(s)).collect())),
+        Request::SiteList => Ok(Value::Array(
+            app.sites.all().iter().map(|s| site_json(s)).collect(),
+        )),
         Request::SiteRotateToken { site } => {
             let (site, token) = app.rotate_token(&site)?;
             Ok(json!({"name": site.name, "site_key": site.site_key, "api_token": token}))
@@ -96,9 +104,16 @@ pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
             Ok(json!(table))
         }
         Request::Import { path, site } => import::run(app, &path, &site),
-        Request::Export { site, format, out, from, to } => {
+        Request::Export {
+            site,
+            format,
+            out,
+            from,
+            to,
+        } => {
             let site = app.site(&site)?;
-            let rows = store::export::export(&app.store.connect()?, &site.name, format, &out, from, to)?;
+            let rows =
+                store::export::export(&app.store.connect()?, &site.name, format, &out, from, to)?;
             Ok(json!({"rows": rows, "path": out}))
         }
     }
@@ -108,13 +123,17 @@ fn apply_change(current: &SiteSettings, c: &SiteChange) -> Result<SiteSettings, 
     let mut s = current.clone();
     if let Some(w) = c.window_secs {
         if !(60..=30 * 86_400).contains(&w) {
-            return Err(ControlError("the window must be between 1 minute and 30 days".into()));
+            return Err(ControlError(
+                "the window must be between 1 minute and 30 days".into(),
+            ));
         }
         s.window_secs = w;
     }
     if let Some(p) = &c.policy {
         s.policy = DedupPolicy::parse(p).ok_or_else(|| {
-            ControlError(format!("policy {p:?} is unknown; use first_wins or prefer_pixel"))
+            ControlError(format!(
+                "policy {p:?} is unknown; use first_wins or prefer_pixel"
+            ))
         })?;
     }
     if let Some(m) = c.merge {

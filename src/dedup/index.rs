@@ -33,7 +33,10 @@ impl Entry {
     /// An entry rebuilt from the store: only the window start is known; the
     /// first duplicate reads the kept row before deciding what to merge.
     pub fn unknown(first_seen: u32) -> Self {
-        Self { first_seen, meta: 0 }
+        Self {
+            first_seen,
+            meta: 0,
+        }
     }
 
     /// Whether the summary (sources, kept source, properties hash) is known.
@@ -90,7 +93,10 @@ pub struct KeyIndex {
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Shard::default()).collect(), sweep_cursor: 0 }
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            sweep_cursor: 0,
+        }
     }
 }
 
@@ -145,7 +151,10 @@ impl KeyIndex {
     /// Approximate heap bytes held by the slots (keys, entries, control bytes).
     pub fn memory_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(KeyHash, Entry)>() + 1;
-        self.shards.iter().map(|s| buckets(s.capacity()) * slot).sum()
+        self.shards
+            .iter()
+            .map(|s| buckets(s.capacity()) * slot)
+            .sum()
     }
 }
 

@@ -34,13 +34,19 @@ mod tests {
     #[test]
     fn fills_missing_keys_without_overwriting() {
         let merged = fill_missing(Some(r#"{"a":1,"b":2}"#), r#"{"b":9,"c":3}"#).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&merged).unwrap(), serde_json::json!({"a":1,"b":2,"c":3}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&merged).unwrap(),
+            serde_json::json!({"a":1,"b":2,"c":3})
+        );
     }
 
     #[test]
     fn nothing_new_means_no_write() {
         assert_eq!(fill_missing(Some(r#"{"a":1}"#), r#"{"a":2}"#), None);
         assert_eq!(fill_missing(None, r#"{}"#), None);
-        assert_eq!(fill_missing(None, r#"{"a":2}"#).as_deref(), Some(r#"{"a":2}"#));
+        assert_eq!(
+            fill_missing(None, r#"{"a":2}"#).as_deref(),
+            Some(r#"{"a":2}"#)
+        );
     }
 }

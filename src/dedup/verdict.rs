@@ -39,7 +39,13 @@ pub fn judge(existing: Option<Entry>, now: u32, window_secs: u32) -> Verdict {
 impl Resolution {
     /// Which copy a site's policy keeps when `incoming` meets a kept copy from
     /// `kept` whose window opened at `first_seen`.
-    pub fn of(policy: DedupPolicy, kept: Source, first_seen: u32, incoming: Source, now: u32) -> Self {
+    pub fn of(
+        policy: DedupPolicy,
+        kept: Source,
+        first_seen: u32,
+        incoming: Source,
+        now: u32,
+    ) -> Self {
         match (policy, kept, incoming) {
             (DedupPolicy::PreferPixel, Source::Server, Source::Pixel) => Resolution::Replace,
             (DedupPolicy::PreferPixel, Source::Server, Source::Server)
@@ -80,9 +86,21 @@ mod tests {
     #[test]
     fn prefer_pixel_takes_pixel_over_server_and_late_server_within_a_minute() {
         let p = DedupPolicy::PreferPixel;
-        assert_eq!(Resolution::of(p, Source::Server, 0, Source::Pixel, 3_000), Resolution::Replace);
-        assert_eq!(Resolution::of(p, Source::Pixel, 0, Source::Server, 1), Resolution::KeepExisting);
-        assert_eq!(Resolution::of(p, Source::Server, 0, Source::Server, 60), Resolution::Replace);
-        assert_eq!(Resolution::of(p, Source::Server, 0, Source::Server, 61), Resolution::KeepExisting);
+        assert_eq!(
+            Resolution::of(p, Source::Server, 0, Source::Pixel, 3_000),
+            Resolution::Replace
+        );
+        assert_eq!(
+            Resolution::of(p, Source::Pixel, 0, Source::Server, 1),
+            Resolution::KeepExisting
+        );
+        assert_eq!(
+            Resolution::of(p, Source::Server, 0, Source::Server, 60),
+            Resolution::Replace
+        );
+        assert_eq!(
+            Resolution::of(p, Source::Server, 0, Source::Server, 61),
+            Resolution::KeepExisting
+        );
     }
 }

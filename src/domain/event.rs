@@ -75,7 +75,10 @@ pub struct EventError {
 
 impl EventError {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -131,14 +134,25 @@ impl Event {
         event.source = Source::Pixel;
         let site = match site {
             Some(Value::String(s)) if !s.is_empty() => s,
-            _ => return Err(EventError::new("invalid_site", "site must be the site key string")),
+            _ => {
+                return Err(EventError::new(
+                    "invalid_site",
+                    "site must be the site key string",
+                ))
+            }
         };
         Ok((site, event))
     }
 
-    fn parse_wire(json: &str, default_source: Source) -> Result<(Option<Value>, Event), EventError> {
+    fn parse_wire(
+        json: &str,
+        default_source: Source,
+    ) -> Result<(Option<Value>, Event), EventError> {
         let wire: WireEvent = serde_json::from_str(json).map_err(|e| {
-            EventError::new("invalid_event", format!("an event must be a JSON object: {e}"))
+            EventError::new(
+                "invalid_event",
+                format!("an event must be a JSON object: {e}"),
+            )
         })?;
         let event = Event {
             event_id: required_id("event_id", wire.event_id)?,
@@ -195,10 +209,15 @@ fn occurred_at(value: Option<Value>) -> Result<Option<i64>, EventError> {
             .map_err(|e| {
                 EventError::new(
                     "invalid_occurred_at",
-                    format!("occurred_at must be an RFC 3339 time such as 2026-11-23T10:00:00Z ({e})"),
+                    format!(
+                        "occurred_at must be an RFC 3339 time such as 2026-11-23T10:00:00Z ({e})"
+                    ),
                 )
             }),
-        Some(_) => Err(EventError::new("invalid_occurred_at", "occurred_at must be a string")),
+        Some(_) => Err(EventError::new(
+            "invalid_occurred_at",
+            "occurred_at must be a string",
+        )),
     }
 }
 
@@ -228,12 +247,18 @@ fn properties(raw: Option<Box<RawValue>>) -> Result<Option<String>, EventError> 
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
     if !text.starts_with('{') {
-        return Err(EventError::new("invalid_properties", "properties must be a JSON object"));
+        return Err(EventError::new(
+            "invalid_properties",
+            "properties must be a JSON object",
+        ));
     }
     if text.len() > MAX_PROPERTIES_BYTES {
         return Err(EventError::new(
             "invalid_properties",
-            format!("properties is {} bytes; the limit is {MAX_PROPERTIES_BYTES}", text.len()),
+            format!(
+                "properties is {} bytes; the limit is {MAX_PROPERTIES_BYTES}",
+                text.len()
+            ),
         ));
     }
     Ok(Some(text.to_owned()))
@@ -255,7 +280,10 @@ mod tests {
         assert_eq!(e.event_id, "ord_42");
         assert_eq!(e.source, Source::Server);
         assert_eq!(e.occurred_at, Some(1_795_428_000_000_000));
-        assert_eq!(e.properties.as_deref(), Some(r#"{"order_id":"42","total":199.99}"#));
+        assert_eq!(
+            e.properties.as_deref(),
+            Some(r#"{"order_id":"42","total":199.99}"#)
+        );
     }
 
     #[test]
@@ -265,13 +293,29 @@ mod tests {
             (r#"{"event_name":"a"}"#, "invalid_event_id"),
             (r#"{"event_id":"","event_name":"a"}"#, "invalid_event_id"),
             (r#"{"event_id":"x","event_name":7}"#, "invalid_event_name"),
-            (r#"{"event_id":"x","event_name":"a","source":"fax"}"#, "invalid_source"),
-            (r#"{"event_id":"x","event_name":"a","occurred_at":"yesterday"}"#, "invalid_occurred_at"),
-            (r#"{"event_id":"x","event_name":"a","properties":[1]}"#, "invalid_properties"),
-            (r#"{"event_id":"x","event_name":"a","session_id":5}"#, "invalid_session_id"),
+            (
+                r#"{"event_id":"x","event_name":"a","source":"fax"}"#,
+                "invalid_source",
+            ),
+            (
+                r#"{"event_id":"x","event_name":"a","occurred_at":"yesterday"}"#,
+                "invalid_occurred_at",
+            ),
+            (
+                r#"{"event_id":"x","event_name":"a","properties":[1]}"#,
+                "invalid_properties",
+            ),
+            (
+                r#"{"event_id":"x","event_name":"a","session_id":5}"#,
+                "invalid_session_id",
+            ),
         ];
         for (json, code) in cases {
-            assert_eq!(Event::parse(json, Source::Server).unwrap_err().code, code, "{json}");
+            assert_eq!(
+                Event::parse(json, Source::Server).unwrap_err().code,
+                code,
+                "{json}"
+            );
         }
     }
 
@@ -279,7 +323,10 @@ mod tests {
     fn limits_are_bytes_not_chars() {
         let id = "é".repeat(129); // 258 bytes
         let json = format!(r#"{{"event_id":"{id}","event_name":"a"}}"#);
-        assert_eq!(Event::parse(&json, Source::Server).unwrap_err().code, "invalid_event_id");
+        assert_eq!(
+            Event::parse(&json, Source::Server).unwrap_err().code,
+            "invalid_event_id"
+        );
         let id = "a".repeat(256);
         let json = format!(r#"{{"event_id":"{id}","event_name":"a"}}"#);
         assert!(Event::parse(&json, Source::Server).is_ok());
@@ -287,9 +334,10 @@ mod tests {
 
     #[test]
     fn pixel_bodies_always_count_as_pixel() {
-        let (site, e) =
-            Event::parse_pixel(r#"{"site":"k1","event_id":"e","event_name":"n","source":"server"}"#)
-                .unwrap();
+        let (site, e) = Event::parse_pixel(
+            r#"{"site":"k1","event_id":"e","event_name":"n","source":"server"}"#,
+        )
+        .unwrap();
         assert_eq!(site, "k1");
         assert_eq!(e.source, Source::Pixel);
     }

@@ -82,7 +82,7 @@ pub struct Site {
 impl Site {
     /// Whether `origin` (an `Origin` header or a URL) is one of this site's origins.
     pub fn allows_origin(&self, origin: &str) -> bool {
-        normalize_origin(origin).is_ok_and(|o| self.origins.iter().any(|allowed| *allowed == o))
+        normalize_origin(origin).is_ok_and(|o| self.origins.contains(&o))
     }
 
     /// Whether `token` is this site's API token, compared in constant time.
@@ -142,7 +142,11 @@ pub fn normalize_origin(input: &str) -> Result<String, InvalidInput> {
         return Err(bad());
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit('@').next().unwrap_or_default().to_ascii_lowercase();
+    let authority = authority
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if authority.is_empty() {
         return Err(bad());
     }
@@ -155,7 +159,9 @@ pub fn normalize_origin(input: &str) -> Result<String, InvalidInput> {
 pub fn validate_site_name(name: &str) -> Result<(), InvalidInput> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if ok {
         Ok(())
     } else {
@@ -171,8 +177,14 @@ mod tests {
 
     #[test]
     fn origins_normalise_scheme_host_and_default_port() {
-        assert_eq!(normalize_origin("HTTPS://Shop.Example:443/path?q").unwrap(), "https://shop.example");
-        assert_eq!(normalize_origin("http://127.0.0.1:8081").unwrap(), "http://127.0.0.1:8081");
+        assert_eq!(
+            normalize_origin("HTTPS://Shop.Example:443/path?q").unwrap(),
+            "https://shop.example"
+        );
+        assert_eq!(
+            normalize_origin("http://127.0.0.1:8081").unwrap(),
+            "http://127.0.0.1:8081"
+        );
         assert!(normalize_origin("shop.example").is_err());
         assert!(normalize_origin("ftp://x").is_err());
     }

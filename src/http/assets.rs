@@ -40,7 +40,11 @@ pub struct StaticFiles<T: RustEmbed> {
 impl<T: RustEmbed> StaticFiles<T> {
     /// A server for `T`'s files with the given `Cache-Control`.
     pub fn new(cache_control: &'static str) -> Self {
-        Self { cache: Mutex::new(HashMap::new()), cache_control, _folder: PhantomData }
+        Self {
+            cache: Mutex::new(HashMap::new()),
+            cache_control,
+            _folder: PhantomData,
+        }
     }
 
     fn prepared(&self, path: &str) -> Option<&'static Prepared> {
@@ -54,7 +58,12 @@ impl<T: RustEmbed> StaticFiles<T> {
         let gzip = compressible(mime).then(|| gzip_best(&body));
         let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..12]));
         // Embedded files are few and live as long as the process.
-        let p: &'static Prepared = Box::leak(Box::new(Prepared { body, gzip, etag, mime }));
+        let p: &'static Prepared = Box::leak(Box::new(Prepared {
+            body,
+            gzip,
+            etag,
+            mime,
+        }));
         cache.insert(path.to_owned(), p);
         Some(p)
     }
@@ -66,8 +75,15 @@ impl<T: RustEmbed> StaticFiles<T> {
             .headers()
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == file.etag || t.trim() == "*"));
-        let mut res = if matches { HttpResponse::NotModified() } else { HttpResponse::Ok() };
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim() == file.etag || t.trim() == "*")
+            });
+        let mut res = if matches {
+            HttpResponse::NotModified()
+        } else {
+            HttpResponse::Ok()
+        };
         res.insert_header((header::ETAG, file.etag.clone()))
             .insert_header((header::CACHE_CONTROL, self.cache_control))
             .insert_header((header::VARY, "Accept-Encoding"));
@@ -119,7 +135,10 @@ fn mime_of(path: &str) -> &'static str {
 }
 
 fn compressible(mime: &str) -> bool {
-    mime.starts_with("text/") || mime.contains("javascript") || mime.contains("json") || mime.contains("svg")
+    mime.starts_with("text/")
+        || mime.contains("javascript")
+        || mime.contains("json")
+        || mime.contains("svg")
 }
 
 /// The pixel, ready to serve, shared by all workers.
@@ -142,6 +161,9 @@ mod tests {
     fn the_pixel_fits_its_gzip_budget() {
         let js = Pixel::get("tally.js").expect("pixel/tally.js is embedded");
         let size = gzip_best(&js.data).len();
-        assert!(size <= 1_536, "tally.js is {size} bytes gzipped; the budget is 1,536");
+        assert!(
+            size <= 1_536,
+            "tally.js is {size} bytes gzipped; the budget is 1,536"
+        );
     }
 }

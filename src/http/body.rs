@@ -7,7 +7,11 @@ use futures_util::StreamExt;
 
 /// Reads the whole body, refusing more than `limit` bytes (checked against
 /// `Content-Length` first, then while streaming).
-pub async fn read(req: &HttpRequest, mut payload: Payload, limit: usize) -> Result<BytesMut, ApiError> {
+pub async fn read(
+    req: &HttpRequest,
+    mut payload: Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
     let too_large = || ApiError::TooLarge(format!("the body is larger than {limit} bytes"));
     let declared = req
         .headers()
@@ -19,7 +23,9 @@ pub async fn read(req: &HttpRequest, mut payload: Payload, limit: usize) -> Resu
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("cannot read the body: {e}"))
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }

@@ -55,7 +55,10 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 with a code and message.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code, message: message.into() }
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     fn code(&self) -> &'static str {

@@ -51,9 +51,12 @@ pub async fn events(
     app.metrics.request(Endpoint::Events);
     let site = authenticate(&app, &req)?;
     let body = body::read(&req, payload, MAX_BATCH_BYTES).await?;
-    app.ingest()?.quotas.check(&site, app.clock.now_micros()).map_err(|q| {
-        ApiError::QuotaExceeded { retry_after: q.retry_after_secs }
-    })?;
+    app.ingest()?
+        .quotas
+        .check(&site, app.clock.now_micros())
+        .map_err(|q| ApiError::QuotaExceeded {
+            retry_after: q.retry_after_secs,
+        })?;
     let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
@@ -71,7 +74,11 @@ pub async fn events(
     for (index, raw) in batch.events.iter().enumerate() {
         match Event::parse(raw.get(), Source::Server) {
             Ok(event) => events.push(event),
-            Err(e) => errors.push(Rejection { index, code: e.code, message: e.message }),
+            Err(e) => errors.push(Rejection {
+                index,
+                code: e.code,
+                message: e.message,
+            }),
         }
     }
     let outcome = if events.is_empty() {
@@ -79,7 +86,8 @@ pub async fn events(
     } else {
         app.ingest()?.ingest(site, events).await?
     };
-    app.metrics.count(Source::Server, Fate::Rejected, errors.len() as u64);
+    app.metrics
+        .count(Source::Server, Fate::Rejected, errors.len() as u64);
     Ok(HttpResponse::Ok().json(BatchAnswer {
         accepted: outcome.accepted,
         deduplicated: outcome.deduplicated,
@@ -94,13 +102,17 @@ fn authenticate(app: &App, req: &HttpRequest) -> Result<Arc<Site>, ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
-            ApiError::Unauthorized("send the site's API token as Authorization: Bearer TOKEN".into())
+            ApiError::Unauthorized(
+                "send the site's API token as Authorization: Bearer TOKEN".into(),
+            )
         })?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
-        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer TOKEN".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be Bearer TOKEN".into())
+        })?;
     app.sites.by_token(token).ok_or_else(|| {
         ApiError::Unauthorized("the API token is not valid (was it rotated?)".into())
     })
@@ -120,22 +132,23 @@ pub async fn pixel(
         app.metrics.count(Source::Pixel, Fate::Rejected, 1);
         ApiError::bad_request(e.code, e.message)
     })?;
-    let site = app
-        .sites
-        .by_key(&key)
-        .ok_or_else(|| ApiError::bad_request("unknown_site", format!("no site has the key {key:?}")))?;
-    let origin = request_origin(&req).ok_or_else(|| {
-        ApiError::Forbidden("the request has no Origin or Referer header".into())
+    let site = app.sites.by_key(&key).ok_or_else(|| {
+        ApiError::bad_request("unknown_site", format!("no site has the key {key:?}"))
     })?;
+    let origin = request_origin(&req)
+        .ok_or_else(|| ApiError::Forbidden("the request has no Origin or Referer header".into()))?;
     if !site.allows_origin(origin) {
         return Err(ApiError::Forbidden(format!(
             "{origin} is not an allowed origin of this site (tally site set {} --origin …)",
             site.name
         )));
     }
-    app.ingest()?.quotas.check(&site, app.clock.now_micros()).map_err(|q| {
-        ApiError::QuotaExceeded { retry_after: q.retry_after_secs }
-    })?;
+    app.ingest()?
+        .quotas
+        .check(&site, app.clock.now_micros())
+        .map_err(|q| ApiError::QuotaExceeded {
+            retry_after: q.retry_after_secs,
+        })?;
     event.visitor_id = Some(super::visitor::visitor_id(&app, &site, &req)?);
     app.ingest()?.ingest(site, vec![event]).await?;
     let mut res = HttpResponse::NoContent();
@@ -148,6 +161,12 @@ pub async fn pixel(
 
 /// The page origin of a request: `Origin`, else `Referer`.
 fn request_origin(req: &HttpRequest) -> Option<&str> {
-    let get = |name| req.headers().get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
-    get(header::ORIGIN).filter(|o| *o != "null").or_else(|| get(header::REFERER))
+    let get = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    get(header::ORIGIN)
+        .filter(|o| *o != "null")
+        .or_else(|| get(header::REFERER))
 }

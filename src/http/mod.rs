@@ -51,7 +51,9 @@ pub async fn serve(
                     .add(("Referrer-Policy", "same-origin")),
             )
             .configure(routes)
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound) }))
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound)
+            }))
     })
     .workers(2)
     .disable_signals()

@@ -12,7 +12,9 @@ pub async fn healthz(app: web::Data<App>) -> Result<HttpResponse, ApiError> {
     if ingest.is_healthy() {
         Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
     } else {
-        Err(ApiError::Unavailable("the store cannot write; see the server log".into()))
+        Err(ApiError::Unavailable(
+            "the store cannot write; see the server log".into(),
+        ))
     }
 }
 
@@ -27,5 +29,7 @@ pub async fn metrics(app: web::Data<App>) -> HttpResponse {
 /// `GET /tally.js`: the pixel.
 pub async fn script(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     app.metrics.request(Endpoint::Script);
-    assets::pixel_files().respond(&req, "tally.js").ok_or(ApiError::NotFound)
+    assets::pixel_files()
+        .respond(&req, "tally.js")
+        .ok_or(ApiError::NotFound)
 }

@@ -15,7 +15,11 @@ pub fn visitor_id(app: &App, site: &Site, req: &HttpRequest) -> Result<String, A
     let salt = app.daily_salt()?;
     let info = req.connection_info();
     let ip = client_ip(info.realip_remote_addr().unwrap_or_default());
-    let agent = req.headers().get(header::USER_AGENT).map(|v| v.as_bytes()).unwrap_or_default();
+    let agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
     let mut mac = Hmac::<Sha256>::new_from_slice(salt.as_bytes())
         .map_err(|e| ApiError::Internal(format!("visitor hash: {e}")))?;
     mac.update(&site.id.to_le_bytes());

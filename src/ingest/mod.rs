@@ -95,7 +95,11 @@ impl Ingest {
         metrics: Arc<Metrics>,
     ) -> Result<Ingest, StoreError> {
         let conn = store.connect()?;
-        let max_window = sites.iter().map(|s| s.settings.window_secs).max().unwrap_or(0);
+        let max_window = sites
+            .iter()
+            .map(|s| s.settings.window_secs)
+            .max()
+            .unwrap_or(0);
         let index = writer::rebuild_index(&conn, clock.now_secs() - i64::from(max_window))?;
         let quotas = Arc::new(Quotas::load(&conn, sites, clock.now_micros())?);
         let (tx, rx) = bounded(MAX_QUEUED_JOBS);
@@ -116,7 +120,10 @@ impl Ingest {
         let thread = std::thread::Builder::new()
             .name("tally-writer".into())
             .spawn(move || w.run(rx))
-            .map_err(|e| StoreError::Io { context: "starting the writer thread".into(), source: e })?;
+            .map_err(|e| StoreError::Io {
+                context: "starting the writer thread".into(),
+                source: e,
+            })?;
         Ok(Ingest {
             tx: Mutex::new(Some(tx)),
             queued,
@@ -141,7 +148,12 @@ impl Ingest {
             return Err(IngestError::QueueFull);
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job { site, events, check_history, reply };
+        let job = Job {
+            site,
+            events,
+            check_history,
+            reply,
+        };
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match guard.as_ref() {
             Some(tx) => tx.try_send(job).map_err(|e| match e {
@@ -158,7 +170,11 @@ impl Ingest {
     }
 
     /// Stores `events` of `site` and waits for the commit.
-    pub async fn ingest(&self, site: Arc<Site>, events: Vec<Event>) -> Result<Outcome, IngestError> {
+    pub async fn ingest(
+        &self,
+        site: Arc<Site>,
+        events: Vec<Event>,
+    ) -> Result<Outcome, IngestError> {
         let rx = self.submit(site, events, false)?;
         rx.await.unwrap_or(Err(IngestError::Closed))
     }
@@ -177,7 +193,10 @@ impl Ingest {
 
     /// Whether the last commit succeeded and the writer runs.
     pub fn is_healthy(&self) -> bool {
-        let running = self.thread.lock().map(|t| t.as_ref().is_some_and(|h| !h.is_finished()));
+        let running = self
+            .thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|h| !h.is_finished()));
         self.healthy.load(Ordering::SeqCst) && running.unwrap_or(false)
     }
 

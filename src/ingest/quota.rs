@@ -33,18 +33,23 @@ impl Quotas {
                 used.insert(site, (today, n));
             }
         }
-        Ok(Quotas { used: Mutex::new(used) })
+        Ok(Quotas {
+            used: Mutex::new(used),
+        })
     }
 
     /// Refuses when `site` has spent its quota for today.
     pub fn check(&self, site: &Site, now_micros: i64) -> Result<(), QuotaExceeded> {
-        let Some(limit) = site.settings.daily_quota else { return Ok(()) };
+        let Some(limit) = site.settings.daily_quota else {
+            return Ok(());
+        };
         let today = now_micros.div_euclid(DAY_MICROS);
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         match used.get(&site.name) {
             Some(&(day, n)) if day == today && n >= limit => Err(QuotaExceeded {
-                retry_after_secs: ((today + 1) * DAY_MICROS - now_micros).div_euclid(1_000_000).max(1)
-                    as u64,
+                retry_after_secs: ((today + 1) * DAY_MICROS - now_micros)
+                    .div_euclid(1_000_000)
+                    .max(1) as u64,
             }),
             _ => Ok(()),
         }

@@ -30,8 +30,14 @@ const GROUP_EVENTS: usize = 8_192;
 pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
     let started = Instant::now();
     let mut index = KeyIndex::default();
-    events::scan_window(conn, since_secs, |key, start| index.insert_latest(key, Entry::unknown(start)))?;
-    tracing::info!(keys = index.len(), ms = started.elapsed().as_millis() as u64, "dedup index rebuilt");
+    events::scan_window(conn, since_secs, |key, start| {
+        index.insert_latest(key, Entry::unknown(start))
+    })?;
+    tracing::info!(
+        keys = index.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "dedup index rebuilt"
+    );
     Ok(index)
 }
 
@@ -104,16 +110,18 @@ impl Writer {
     fn commit_group(&mut self, jobs: Vec<Job>, n: usize) {
         let started = Instant::now();
         let now_micros = self.clock.now_micros();
-        let result = self.decide(&jobs, now_micros).and_then(|(group, outcomes)| {
-            self.write(&group).map(|()| (group, outcomes))
-        });
+        let result = self
+            .decide(&jobs, now_micros)
+            .and_then(|(group, outcomes)| self.write(&group).map(|()| (group, outcomes)));
         self.queued.fetch_sub(n, Ordering::SeqCst);
-        self.metrics.set_queue_depth(self.queued.load(Ordering::SeqCst) as u64);
+        self.metrics
+            .set_queue_depth(self.queued.load(Ordering::SeqCst) as u64);
         match result {
             Ok((group, outcomes)) => {
                 self.healthy.store(true, Ordering::SeqCst);
                 let rows = (group.rows.len() + group.dups.len()) as u64;
-                self.metrics.commit(started.elapsed().as_micros() as u64, rows);
+                self.metrics
+                    .commit(started.elapsed().as_micros() as u64, rows);
                 self.apply(group, now_micros);
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
@@ -137,12 +145,18 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let site = &job.site;
-            let keys: Vec<KeyHash> =
-                job.events.iter().map(|e| KeyHash::of(site.id, &e.event_name, &e.event_id)).collect();
+            let keys: Vec<KeyHash> = job
+                .events
+                .iter()
+                .map(|e| KeyHash::of(site.id, &e.event_name, &e.event_id))
+                .collect();
             let history = if job.check_history {
                 let fresh: Vec<KeyHash> = keys
                     .iter()
-                    .filter(|k| !group.row_of.contains_key(k) && self.live_entry(&group, k, site, now).is_none())
+                    .filter(|k| {
+                        !group.row_of.contains_key(k)
+                            && self.live_entry(&group, k, site, now).is_none()
+                    })
                     .copied()
                     .collect();
                 events::existing_keys(&self.conn, &site.name, &fresh)?
@@ -158,7 +172,9 @@ impl Writer {
                     group.fold_into_stored(key, entry, site, event, now_micros);
                     Fate::Deduplicated
                 } else if history.contains(&key) {
-                    group.dups.push(dropped(site, event, now_micros, Source::Import));
+                    group
+                        .dups
+                        .push(dropped(site, event, now_micros, Source::Import));
                     Fate::Deduplicated
                 } else {
                     group.push_new(key, site, event, now_micros);
@@ -178,7 +194,11 @@ impl Writer {
     /// The index entry of `key` if its window is still open, seen through
     /// this group's staged changes.
     fn live_entry(&self, group: &Group, key: &KeyHash, site: &Site, now: u32) -> Option<Entry> {
-        let existing = group.touched.get(key).map(|t| t.entry).or_else(|| self.index.get(key));
+        let existing = group
+            .touched
+            .get(key)
+            .map(|t| t.entry)
+            .or_else(|| self.index.get(key));
         match judge(existing, now, site.settings.window_secs) {
             Verdict::Duplicate(e) => Some(e),
             Verdict::New => None,
@@ -213,11 +233,21 @@ impl Writer {
         if let Some(replacement) = &t.replacement {
             let mut row = replacement.clone();
             row.seen = seen;
-            let old = if t.merge { stored.properties.as_deref() } else { None };
-            row.properties = fold(row.properties, old.into_iter().chain(t.merges.iter().map(String::as_str)));
+            let old = if t.merge {
+                stored.properties.as_deref()
+            } else {
+                None
+            };
+            row.properties = fold(
+                row.properties,
+                old.into_iter().chain(t.merges.iter().map(String::as_str)),
+            );
             return events::replace_kept(&self.conn, t.window_start, &row);
         }
-        let props = fold(stored.properties.clone(), t.merges.iter().map(String::as_str));
+        let props = fold(
+            stored.properties.clone(),
+            t.merges.iter().map(String::as_str),
+        );
         if props != stored.properties || seen != stored.seen {
             events::update_kept(&self.conn, key, t.window_start, seen, props.as_deref())?;
         }
@@ -233,7 +263,8 @@ impl Writer {
         }
         let live = self.feed.receiver_count() > 0;
         for (row, props) in group.rows.iter().zip(&group.row_props) {
-            self.index.insert(row.key, Entry::new(now, row.source, row.seen, *props));
+            self.index
+                .insert(row.key, Entry::new(now, row.source, row.seen, *props));
             *per_site.entry(&row.site).or_default() += 1;
             if live {
                 let _ = self.feed.send(Arc::new(FeedItem {
@@ -265,7 +296,9 @@ impl Writer {
 
 /// Fills `base` with the keys it lacks from each of `texts`, in order.
 fn fold<'a>(base: Option<String>, texts: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    texts.into_iter().fold(base, |acc, text| fill_missing(acc.as_deref(), text).or(acc))
+    texts
+        .into_iter()
+        .fold(base, |acc, text| fill_missing(acc.as_deref(), text).or(acc))
 }
 
 impl Group {
@@ -306,11 +339,19 @@ impl Group {
             }
         }
         let kept_source = kept.source;
-        self.dups.push(dropped(site, event, now_micros, kept_source));
+        self.dups
+            .push(dropped(site, event, now_micros, kept_source));
     }
 
     /// A copy of an event kept in the store, inside its window.
-    fn fold_into_stored(&mut self, key: KeyHash, entry: Entry, site: &Site, event: &Event, now_micros: i64) {
+    fn fold_into_stored(
+        &mut self,
+        key: KeyHash,
+        entry: Entry,
+        site: &Site,
+        event: &Event,
+        now_micros: i64,
+    ) {
         let now = now_micros.div_euclid(1_000_000) as u32;
         let t = self.touched.entry(key).or_insert_with(|| Touch {
             window_start: entry.first_seen,
@@ -324,7 +365,15 @@ impl Group {
         t.seen |= event.source.bit();
         let kept = t.replacement.as_ref().map_or(entry.kept(), |r| r.source);
         let known = entry.is_known() || t.replacement.is_some();
-        if known && Resolution::of(site.settings.policy, kept, t.window_start, event.source, now) == Resolution::Replace {
+        if known
+            && Resolution::of(
+                site.settings.policy,
+                kept,
+                t.window_start,
+                event.source,
+                now,
+            ) == Resolution::Replace
+        {
             let received = i64::from(t.window_start) * 1_000_000;
             t.replacement = Some(row_of(key, site, event, received));
             t.last_props = props_hash(event.properties.as_deref());

@@ -129,7 +129,11 @@ pub fn load_kept(conn: &Connection, key: KeyHash, window_start: u32) -> Result<O
              ORDER BY received_at DESC LIMIT 1",
         )?
         .query_row(
-            params![timestamp(i64::from(window_start) * 1_000_000), key.low(), key.high()],
+            params![
+                timestamp(i64::from(window_start) * 1_000_000),
+                key.low(),
+                key.high()
+            ],
             |r| {
                 let source: String = r.get(0)?;
                 let flags: [bool; 3] = [r.get(1)?, r.get(2)?, r.get(3)?];
@@ -221,7 +225,11 @@ pub fn replace_kept(conn: &Connection, window_start: u32, row: &EventRow) -> Res
 /// Calls `f(key, window_start_secs)` for every event that arrived at or after
 /// `since_secs`. Reads the two fingerprint columns in Arrow batches, never
 /// the key strings: this is what keeps a 10M-key restart within seconds.
-pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(KeyHash, u32)) -> Result<()> {
+pub fn scan_window(
+    conn: &Connection,
+    since_secs: i64,
+    mut f: impl FnMut(KeyHash, u32),
+) -> Result<()> {
     let mut stmt = conn.prepare(
         "SELECT key_hash, key_hash2, (epoch_ms(received_at) // 1000)::UINTEGER FROM events \
          WHERE received_at >= ?",
@@ -231,7 +239,10 @@ pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(KeyHash
         let high = column::<UInt32Array>(&batch, 1);
         let start = column::<UInt32Array>(&batch, 2);
         for i in 0..batch.num_rows() {
-            f(KeyHash::from_parts(low.value(i), high.value(i)), start.value(i));
+            f(
+                KeyHash::from_parts(low.value(i), high.value(i)),
+                start.value(i),
+            );
         }
     }
     Ok(())
@@ -249,7 +260,11 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
 pub fn existing_keys(conn: &Connection, site: &str, keys: &[KeyHash]) -> Result<HashSet<KeyHash>> {
     let mut found = HashSet::new();
     for chunk in keys.chunks(2_000) {
-        let list = chunk.iter().map(|k| k.low().to_string()).collect::<Vec<_>>().join(",");
+        let list = chunk
+            .iter()
+            .map(|k| k.low().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut stmt = conn.prepare(&format!(
             "SELECT DISTINCT key_hash, key_hash2 FROM events WHERE site = ? AND key_hash IN ({list})"
         ))?;
@@ -266,7 +281,9 @@ pub fn counts_since(conn: &Connection, since_micros: i64) -> Result<Vec<(String,
     let mut stmt =
         conn.prepare("SELECT site, count(*) FROM events WHERE received_at >= ? GROUP BY site")?;
     let rows = stmt
-        .query_map(params![timestamp(since_micros)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+        .query_map(params![timestamp(since_micros)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
         .collect::<duckdb::Result<Vec<_>>>()?;
     Ok(rows)
 }

@@ -68,13 +68,18 @@ impl Store {
             .with("autoinstall_known_extensions", "false")?;
         let conn = Connection::open_with_flags(path, config).map_err(|e| {
             if e.to_string().contains("lock") {
-                StoreError::Locked { path: path.to_owned() }
+                StoreError::Locked {
+                    path: path.to_owned(),
+                }
             } else {
                 StoreError::Db(e)
             }
         })?;
         schema::migrate(&conn)?;
-        Ok(Store { root: Mutex::new(conn), path: path.to_owned() })
+        Ok(Store {
+            root: Mutex::new(conn),
+            path: path.to_owned(),
+        })
     }
 
     /// A new connection to the same database, for one thread's use.

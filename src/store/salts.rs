@@ -8,17 +8,26 @@ use duckdb::{params, Connection, OptionalExt};
 /// The salt of `day` (days since the epoch), created if missing; older salts
 /// are deleted in the same transaction.
 pub fn for_day(conn: &Connection, day: i64, fresh: impl FnOnce() -> String) -> Result<String> {
-    let date = (chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(day)).date_naive().to_string();
+    let date = (chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(day))
+        .date_naive()
+        .to_string();
     conn.execute_batch("BEGIN TRANSACTION")?;
     let result = (|| {
         let existing: Option<String> = conn
-            .query_row("SELECT salt FROM visitor_salts WHERE day = ?::DATE", [&date], |r| r.get(0))
+            .query_row(
+                "SELECT salt FROM visitor_salts WHERE day = ?::DATE",
+                [&date],
+                |r| r.get(0),
+            )
             .optional()?;
         let salt = match existing {
             Some(s) => s,
             None => {
                 let s = fresh();
-                conn.execute("INSERT INTO visitor_salts VALUES (?::DATE, ?)", params![date, s])?;
+                conn.execute(
+                    "INSERT INTO visitor_salts VALUES (?::DATE, ?)",
+                    params![date, s],
+                )?;
                 s
             }
         };

@@ -67,15 +67,21 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)",
     )?;
-    let current: i64 =
-        conn.query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    let current: i64 = conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         conn.execute_batch("BEGIN")?;
         let applied = conn.execute_batch(sql).and_then(|_| {
             conn.execute(
                 "INSERT INTO schema_version VALUES (?, ?)",
-                duckdb::params![version, super::timestamp(chrono::Utc::now().timestamp_micros())],
+                duckdb::params![
+                    version,
+                    super::timestamp(chrono::Utc::now().timestamp_micros())
+                ],
             )
         });
         match applied {
@@ -98,9 +104,13 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
         migrate(&conn).unwrap();
-        let v: i64 = conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
-        let n: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
     }
 }

@@ -7,7 +7,9 @@ use duckdb::{params, Connection, OptionalExt};
 /// The value stored under `key`, if any.
 pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
-        .query_row("SELECT value FROM settings WHERE key = ?", [key], |r| r.get(0))
+        .query_row("SELECT value FROM settings WHERE key = ?", [key], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 

@@ -29,7 +29,9 @@ fn from_row(r: &Row<'_>) -> duckdb::Result<Site> {
 /// Every site, by id.
 pub fn list(conn: &Connection) -> Result<Vec<Site>> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM sites ORDER BY site_id"))?;
-    let sites = stmt.query_map([], from_row)?.collect::<duckdb::Result<Vec<_>>>()?;
+    let sites = stmt
+        .query_map([], from_row)?
+        .collect::<duckdb::Result<Vec<_>>>()?;
     Ok(sites)
 }
 
@@ -45,11 +47,20 @@ pub fn insert(
     if list(conn)?.iter().any(|s| s.name == name) {
         return Err(StoreError::SiteExists(name.to_owned()));
     }
-    let id: u32 = conn.query_row("SELECT coalesce(max(site_id), 0) + 1 FROM sites", [], |r| r.get(0))?;
+    let id: u32 = conn.query_row("SELECT coalesce(max(site_id), 0) + 1 FROM sites", [], |r| {
+        r.get(0)
+    })?;
     conn.execute(
         "INSERT INTO sites (site_id, name, site_key, token_hash, origins, created_at) \
          VALUES (?, ?, ?, ?, string_split(?, ' '), ?)",
-        params![id, name, site_key, token_hash, origins.join(" "), timestamp(now_micros)],
+        params![
+            id,
+            name,
+            site_key,
+            token_hash,
+            origins.join(" "),
+            timestamp(now_micros)
+        ],
     )?;
     Ok(Site {
         id,
@@ -63,7 +74,10 @@ pub fn insert(
 
 /// Replaces a site's token hash.
 pub fn set_token_hash(conn: &Connection, site_id: u32, token_hash: &str) -> Result<()> {
-    conn.execute("UPDATE sites SET token_hash = ? WHERE site_id = ?", params![token_hash, site_id])?;
+    conn.execute(
+        "UPDATE sites SET token_hash = ? WHERE site_id = ?",
+        params![token_hash, site_id],
+    )?;
     Ok(())
 }
 

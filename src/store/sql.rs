@@ -20,15 +20,25 @@ pub struct Table {
 
 /// Runs one SQL statement; with `write == false` DuckDB refuses any change.
 pub fn run(conn: &Connection, query: &str, write: bool) -> Result<Table> {
-    let begin = if write { "BEGIN TRANSACTION" } else { "BEGIN TRANSACTION READ ONLY" };
+    let begin = if write {
+        "BEGIN TRANSACTION"
+    } else {
+        "BEGIN TRANSACTION READ ONLY"
+    };
     conn.execute_batch(begin)?;
     let result = run_statement(conn, query);
-    let end = if write && result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let end = if write && result.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
     conn.execute_batch(end)?;
     result.map_err(|e| {
         let msg = e.to_string();
         if !write && msg.contains("read-only") {
-            StoreError::Invalid(format!("{msg}\n(tally sql is read-only; add --write to change data)"))
+            StoreError::Invalid(format!(
+                "{msg}\n(tally sql is read-only; add --write to change data)"
+            ))
         } else {
             StoreError::Invalid(msg)
         }
@@ -63,9 +73,15 @@ pub fn to_json(v: Value) -> Json {
         Value::USmallInt(n) => n.into(),
         Value::UInt(n) => n.into(),
         Value::UBigInt(n) => n.into(),
-        Value::HugeInt(n) => i64::try_from(n).map(Json::from).unwrap_or_else(|_| (n as f64).into()),
-        Value::UHugeInt(n) => u64::try_from(n).map(Json::from).unwrap_or_else(|_| (n as f64).into()),
-        Value::Float(f) => serde_json::Number::from_f64(f64::from(f)).map_or(Json::Null, Json::Number),
+        Value::HugeInt(n) => i64::try_from(n)
+            .map(Json::from)
+            .unwrap_or_else(|_| (n as f64).into()),
+        Value::UHugeInt(n) => u64::try_from(n)
+            .map(Json::from)
+            .unwrap_or_else(|_| (n as f64).into()),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(f64::from(f)).map_or(Json::Null, Json::Number)
+        }
         Value::Double(f) => serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number),
         Value::Decimal(d) => {
             let text = d.to_string();
@@ -90,14 +106,21 @@ pub fn to_json(v: Value) -> Json {
                 .map_or_else(|| micros.to_string(), |t| t.to_string()),
             )
         }
-        Value::Interval { months, days, nanos } => {
-            Json::String(format!("{months} months {days} days {} us", nanos / 1_000))
-        }
+        Value::Interval {
+            months,
+            days,
+            nanos,
+        } => Json::String(format!("{months} months {days} days {} us", nanos / 1_000)),
         Value::Text(s) | Value::Enum(s) => Json::String(s),
         Value::Blob(b) | Value::Geometry(b) => Json::String(hex::encode(b)),
-        Value::List(items) | Value::Array(items) => Json::Array(items.into_iter().map(to_json).collect()),
+        Value::List(items) | Value::Array(items) => {
+            Json::Array(items.into_iter().map(to_json).collect())
+        }
         Value::Struct(fields) => Json::Object(
-            fields.iter().map(|(k, v)| (k.clone(), to_json(v.clone()))).collect(),
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v.clone())))
+                .collect(),
         ),
         Value::Map(entries) => Json::Object(
             entries
@@ -146,9 +169,22 @@ mod tests {
 
     #[test]
     fn numbers_stay_numbers() {
-        let t = run(&conn(), "SELECT count(*) AS n, 1.5::DOUBLE AS d, sum(1) AS s, 'x' AS t", false).unwrap();
+        let t = run(
+            &conn(),
+            "SELECT count(*) AS n, 1.5::DOUBLE AS d, sum(1) AS s, 'x' AS t",
+            false,
+        )
+        .unwrap();
         assert_eq!(t.columns, ["n", "d", "s", "t"]);
-        assert_eq!(t.rows, vec![vec![Json::from(1), Json::from(1.5), Json::from(1), Json::from("x")]]);
+        assert_eq!(
+            t.rows,
+            vec![vec![
+                Json::from(1),
+                Json::from(1.5),
+                Json::from(1),
+                Json::from("x")
+            ]]
+        );
     }
 
     #[test]
@@ -163,7 +199,13 @@ mod tests {
 
     #[test]
     fn timestamps_print_like_duckdb() {
-        assert_eq!(format_timestamp(1_795_428_000_000_000), "2026-11-23 10:00:00");
-        assert_eq!(format_timestamp(1_795_428_000_500_000), "2026-11-23 10:00:00.500");
+        assert_eq!(
+            format_timestamp(1_795_428_000_000_000),
+            "2026-11-23 10:00:00"
+        );
+        assert_eq!(
+            format_timestamp(1_795_428_000_500_000),
+            "2026-11-23 10:00:00.500"
+        );
     }
 }

@@ -135,7 +135,11 @@ pub fn summary(conn: &Connection, site: &str, range: Range, now: i64) -> Result<
         unique_events: u(unique),
         duplicates: u(dups),
         duplicates_24h: u(dups_24h),
-        dedup_rate: if total > 0 { dups as f64 / total as f64 } else { 0.0 },
+        dedup_rate: if total > 0 {
+            dups as f64 / total as f64
+        } else {
+            0.0
+        },
         pixel: u(pixel),
         server: u(server),
         both: u(both),
@@ -163,7 +167,13 @@ pub fn series(conn: &Connection, site: &str, range: Range) -> Result<Vec<Point>>
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
         .query_map(
-            params![timestamp(range.from), timestamp(range.to), site, timestamp(range.from), timestamp(range.to)],
+            params![
+                timestamp(range.from),
+                timestamp(range.to),
+                site,
+                timestamp(range.from),
+                timestamp(range.to)
+            ],
             |r| {
                 Ok(Point {
                     t: format_timestamp(r.get(0)?),
@@ -179,11 +189,20 @@ pub fn series(conn: &Connection, site: &str, range: Range) -> Result<Vec<Point>>
 }
 
 /// The `limit` most frequent event names, pages or referrers.
-pub fn top(conn: &Connection, site: &str, range: Range, kind: TopKind, limit: u32) -> Result<Vec<Top>> {
+pub fn top(
+    conn: &Connection,
+    site: &str,
+    range: Range,
+    kind: TopKind,
+    limit: u32,
+) -> Result<Vec<Top>> {
     let (column, filter) = match kind {
         TopKind::Events => ("event_name", ""),
         TopKind::Pages => ("url", "AND event_name = 'page.view' AND url IS NOT NULL"),
-        TopKind::Referrers => ("referrer", "AND event_name = 'page.view' AND referrer IS NOT NULL"),
+        TopKind::Referrers => (
+            "referrer",
+            "AND event_name = 'page.view' AND referrer IS NOT NULL",
+        ),
     };
     let sql = format!(
         "SELECT {column}, count(*) AS n FROM events \
@@ -192,9 +211,15 @@ pub fn top(conn: &Connection, site: &str, range: Range, kind: TopKind, limit: u3
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map(params![site, timestamp(range.from), timestamp(range.to), limit], |r| {
-            Ok(Top { value: r.get(0)?, count: u(r.get(1)?) })
-        })?
+        .query_map(
+            params![site, timestamp(range.from), timestamp(range.to), limit],
+            |r| {
+                Ok(Top {
+                    value: r.get(0)?,
+                    count: u(r.get(1)?),
+                })
+            },
+        )?
         .collect::<duckdb::Result<Vec<_>>>()?;
     Ok(rows)
 }

@@ -29,7 +29,10 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver must be installed (the README's test command installs it)");
-        let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
         let root = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while client.get(format!("{root}/status")).send().is_err() {
@@ -57,16 +60,29 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": which("chromium"), "args": args}
         }}});
-        let res: Value = client.post(format!("{root}/session")).json(&caps).send().unwrap().json().unwrap();
+        let res: Value = client
+            .post(format!("{root}/session"))
+            .json(&caps)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         let session = res["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {res}"))
             .to_owned();
-        Browser { driver, base: format!("{root}/session/{session}"), client, _profile: profile }
+        Browser {
+            driver,
+            base: format!("{root}/session/{session}"),
+            client,
+            _profile: profile,
+        }
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let mut req = self.client.request(method.clone(), format!("{}{path}", self.base));
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
         if method != reqwest::Method::GET {
             req = req.json(&body);
         }
@@ -84,41 +100,66 @@ impl Browser {
 
     /// Runs `script` (a function body) in the page; returns its result.
     pub fn execute(&self, script: &str, args: Value) -> Value {
-        self.call(reqwest::Method::POST, "/execute/sync", json!({"script": script, "args": args}))
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": args}),
+        )
     }
 
     /// The first element matching `css`.
     pub fn find(&self, css: &str) -> String {
-        let v = self.call(reqwest::Method::POST, "/element", json!({"using": "css selector", "value": css}));
-        v[W3C_ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_owned()
+        let v = self.call(
+            reqwest::Method::POST,
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
+        v[W3C_ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
     }
 
     /// Types into an element.
     pub fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css);
-        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), json!({ "text": text }));
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        );
     }
 
     /// Clicks an element.
     pub fn click(&self, css: &str) {
         let id = self.find(css);
-        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), json!({}));
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            json!({}),
+        );
     }
 
     /// The visible text of the first element matching `css`.
     pub fn text(&self, css: &str) -> String {
         let id = self.find(css);
-        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), Value::Null)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{id}/text"),
+            Value::Null,
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
     }
 
     /// A PNG screenshot of the viewport.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;
         let b64 = self.call(reqwest::Method::GET, "/screenshot", Value::Null);
-        base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap()
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap()
     }
 }
 

@@ -5,7 +5,17 @@ use serde_json::{json, Value};
 use std::io::Write;
 
 fn add_site(dir: &std::path::Path) -> Value {
-    let out = tally_ok(dir, &["site", "add", "shop", "--origin", "https://shop.example.com", "--json"]);
+    let out = tally_ok(
+        dir,
+        &[
+            "site",
+            "add",
+            "shop",
+            "--origin",
+            "https://shop.example.com",
+            "--json",
+        ],
+    );
     serde_json::from_str(&out).unwrap()
 }
 
@@ -19,28 +29,43 @@ fn site_add_prints_key_token_and_snippet_as_json() {
     assert!(snippet.contains("tally.js"));
     assert!(snippet.contains(site["site_key"].as_str().unwrap()));
     assert_eq!(snippet.lines().count(), 2);
-    let list: Value = serde_json::from_str(&tally_ok(dir.path(), &["site", "list", "--json"])).unwrap();
+    let list: Value =
+        serde_json::from_str(&tally_ok(dir.path(), &["site", "list", "--json"])).unwrap();
     assert_eq!(list[0]["name"], "shop");
     assert_eq!(list[0]["origins"], json!(["https://shop.example.com"]));
-    let token_hash: Value =
-        serde_json::from_str(&tally_ok(dir.path(), &["sql", "SELECT token_hash FROM sites", "--format", "json"]))
-            .unwrap();
-    assert_ne!(token_hash[0]["token_hash"], site["api_token"], "the token is stored hashed");
+    let token_hash: Value = serde_json::from_str(&tally_ok(
+        dir.path(),
+        &["sql", "SELECT token_hash FROM sites", "--format", "json"],
+    ))
+    .unwrap();
+    assert_ne!(
+        token_hash[0]["token_hash"], site["api_token"],
+        "the token is stored hashed"
+    );
 }
 
 #[test]
 fn bad_input_exits_non_zero_with_a_message_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tally(dir.path(), &["site", "add", "shop", "--origin", "not-a-url"]);
+    let out = tally(
+        dir.path(),
+        &["site", "add", "shop", "--origin", "not-a-url"],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("origin"));
     assert!(out.stdout.is_empty());
     add_site(dir.path());
-    let out = tally(dir.path(), &["site", "add", "shop", "--origin", "https://a.example"]);
+    let out = tally(
+        dir.path(),
+        &["site", "add", "shop", "--origin", "https://a.example"],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     let out = tally(dir.path(), &["sql", "SELEC nonsense"]);
     assert!(!out.status.success());
-    let out = tally(dir.path(), &["import", "/nonexistent.ndjson", "--site", "shop"]);
+    let out = tally(
+        dir.path(),
+        &["import", "/nonexistent.ndjson", "--site", "shop"],
+    );
     assert!(!out.status.success());
 }
 
@@ -52,7 +77,13 @@ fn sql_is_read_only_unless_write() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--write"));
     tally_ok(dir.path(), &["sql", "DELETE FROM sites", "--write"]);
-    assert_eq!(tally_ok(dir.path(), &["sql", "SELECT count(*) AS n FROM sites", "--format", "json"]), "[{\"n\":0}]\n");
+    assert_eq!(
+        tally_ok(
+            dir.path(),
+            &["sql", "SELECT count(*) AS n FROM sites", "--format", "json"]
+        ),
+        "[{\"n\":0}]\n"
+    );
 }
 
 #[test]
@@ -72,12 +103,28 @@ fn sql_answers_the_same_with_the_server_running_and_stopped() {
     assert_eq!(res["accepted"], 2);
     let q = ["sql", "SELECT count(*) FROM events", "--format", "json"];
     let while_running = tally_ok(dir.path(), &q);
-    let csv_running = tally_ok(dir.path(), &["sql", "SELECT event_id, source FROM events ORDER BY 1", "--format", "csv"]);
+    let csv_running = tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT event_id, source FROM events ORDER BY 1",
+            "--format",
+            "csv",
+        ],
+    );
     assert!(server.terminate(), "SIGTERM exits 0");
     let while_stopped = tally_ok(dir.path(), &q);
     assert_eq!(while_running, "[{\"count_star()\":2}]\n");
     assert_eq!(while_running, while_stopped);
-    let csv_stopped = tally_ok(dir.path(), &["sql", "SELECT event_id, source FROM events ORDER BY 1", "--format", "csv"]);
+    let csv_stopped = tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT event_id, source FROM events ORDER BY 1",
+            "--format",
+            "csv",
+        ],
+    );
     assert_eq!(csv_running, "event_id,source\na,server\nb,server\n");
     assert_eq!(csv_running, csv_stopped);
 }
@@ -99,7 +146,11 @@ fn a_site_added_while_serving_works_at_once_and_rotation_revokes_the_old_token()
     };
     let old = site["api_token"].as_str().unwrap();
     assert_eq!(post(old), 200);
-    let rotated: Value = serde_json::from_str(&tally_ok(dir.path(), &["site", "rotate-token", "shop", "--json"])).unwrap();
+    let rotated: Value = serde_json::from_str(&tally_ok(
+        dir.path(),
+        &["site", "rotate-token", "shop", "--json"],
+    ))
+    .unwrap();
     assert_eq!(post(old), 401);
     assert_eq!(post(rotated["api_token"].as_str().unwrap()), 200);
 }
@@ -119,12 +170,31 @@ fn import_twice_changes_nothing_and_history_counts_as_duplicate() {
     writeln!(f, r#"{{"event_id":"","event_name":"x"}}"#).unwrap();
     drop(f);
     let path = file.to_str().unwrap();
-    let first: Value = serde_json::from_str(&tally_ok(dir.path(), &["import", path, "--site", "shop", "--json"])).unwrap();
-    assert_eq!((first["accepted"].as_u64(), first["deduplicated"].as_u64(), first["rejected"].as_u64()), (Some(2500), Some(1), Some(2)));
+    let first: Value = serde_json::from_str(&tally_ok(
+        dir.path(),
+        &["import", path, "--site", "shop", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            first["accepted"].as_u64(),
+            first["deduplicated"].as_u64(),
+            first["rejected"].as_u64()
+        ),
+        (Some(2500), Some(1), Some(2))
+    );
     assert_eq!(first["errors"][0]["line"], 2502);
     let text = tally_ok(dir.path(), &["import", path, "--site", "shop"]);
     assert_eq!(text, "accepted 0, deduplicated 2501, rejected 2\n");
-    let n = tally_ok(dir.path(), &["sql", "SELECT count(*) AS n FROM events WHERE source = 'import'", "--format", "json"]);
+    let n = tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM events WHERE source = 'import'",
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(n, "[{\"n\":2500}]\n");
 }
 
@@ -138,12 +208,21 @@ fn import_finds_keys_older_than_the_window() {
     std::fs::write(&file, "{\"event_id\":\"o1\",\"event_name\":\"order.completed\"}\n{\"event_id\":\"o2\",\"event_name\":\"order.completed\"}\n").unwrap();
     let answer = tally::control::execute(
         &app.app,
-        tally::control::Request::Import { path: file, site: "shop".into() },
+        tally::control::Request::Import {
+            path: file,
+            site: "shop".into(),
+        },
     )
     .unwrap();
-    assert_eq!((answer["accepted"].as_u64(), answer["deduplicated"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["deduplicated"].as_u64()),
+        (Some(1), Some(1))
+    );
     // A live copy after the window is still a new event (live traffic does not look back).
-    assert_eq!(app.send(json!([event("o1", "order.completed")]))["accepted"], 1);
+    assert_eq!(
+        app.send(json!([event("o1", "order.completed")]))["accepted"],
+        1
+    );
 }
 
 #[test]
@@ -157,23 +236,58 @@ fn export_writes_each_format_and_ndjson_round_trips_through_import() {
          {\"event_id\":\"b\",\"event_name\":\"n\",\"occurred_at\":\"2026-11-22T10:00:00Z\"}\n",
     )
     .unwrap();
-    tally_ok(dir.path(), &["import", src.to_str().unwrap(), "--site", "shop"]);
+    tally_ok(
+        dir.path(),
+        &["import", src.to_str().unwrap(), "--site", "shop"],
+    );
     for format in ["parquet", "csv", "ndjson"] {
         let out = dir.path().join(format!("out.{format}"));
-        tally_ok(dir.path(), &["export", "--site", "shop", "--format", format, "--out", out.to_str().unwrap()]);
+        tally_ok(
+            dir.path(),
+            &[
+                "export",
+                "--site",
+                "shop",
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
         assert!(std::fs::metadata(&out).unwrap().len() > 0, "{format}");
     }
     let out = dir.path().join("range.ndjson");
     let text = tally_ok(
         dir.path(),
-        &["export", "--site", "shop", "--format", "ndjson", "--out", out.to_str().unwrap(), "--from", "2026-11-21", "--to", "2026-11-22"],
+        &[
+            "export",
+            "--site",
+            "shop",
+            "--format",
+            "ndjson",
+            "--out",
+            out.to_str().unwrap(),
+            "--from",
+            "2026-11-21",
+            "--to",
+            "2026-11-22",
+        ],
     );
     assert!(text.contains("Exported 1 events"), "{text}");
     let exported = std::fs::read_to_string(&out).unwrap();
     assert!(exported.contains("\"event_id\":\"b\""));
-    let again = tally_ok(dir.path(), &["import", out.to_str().unwrap(), "--site", "shop"]);
+    let again = tally_ok(
+        dir.path(),
+        &["import", out.to_str().unwrap(), "--site", "shop"],
+    );
     assert_eq!(again, "accepted 0, deduplicated 1, rejected 0\n");
     let parquet = dir.path().join("out.parquet");
-    let q = format!("SELECT count(*) AS n FROM read_parquet('{}')", parquet.display());
-    assert_eq!(tally_ok(dir.path(), &["sql", &q, "--format", "json"]), "[{\"n\":2}]\n");
+    let q = format!(
+        "SELECT count(*) AS n FROM read_parquet('{}')",
+        parquet.display()
+    );
+    assert_eq!(
+        tally_ok(dir.path(), &["sql", &q, "--format", "json"]),
+        "[{\"n\":2}]\n"
+    );
 }

@@ -83,7 +83,10 @@ impl TestApp {
     }
 
     pub fn post_events_raw(&self, body: String, token: Option<&str>) -> Response {
-        let mut req = self.client.post(format!("{}/v1/events", self.base)).body(body);
+        let mut req = self
+            .client
+            .post(format!("{}/v1/events", self.base))
+            .body(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -148,7 +151,10 @@ pub fn event(id: &str, name: &str) -> Value {
 }
 
 pub fn wait_healthy(base: &str) {
-    let client = Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let client = Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = client.get(format!("{base}/healthz")).send() {
@@ -192,7 +198,11 @@ pub fn tally_ok(dir: &Path, args: &[&str]) -> String {
 
 /// A free TCP port on localhost.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `tally serve` as a child process.
@@ -205,7 +215,12 @@ impl ServerProcess {
     pub fn start(dir: &Path) -> ServerProcess {
         let port = free_port();
         let child = Command::new(tally_bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -219,7 +234,11 @@ impl ServerProcess {
 
     /// SIGTERM, then waits; returns whether the exit was clean.
     pub fn terminate(mut self) -> bool {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         let status = self.child.wait().unwrap();
         status.success()
     }

@@ -6,8 +6,14 @@ use serde_json::{json, Value};
 #[test]
 fn a_batch_is_accepted_and_stored() {
     let app = spawn_app();
-    let answer = app.send(json!([event("a", "order.completed"), event("b", "order.completed")]));
-    assert_eq!(answer, json!({"accepted": 2, "deduplicated": 0, "rejected": 0, "errors": []}));
+    let answer = app.send(json!([
+        event("a", "order.completed"),
+        event("b", "order.completed")
+    ]));
+    assert_eq!(
+        answer,
+        json!({"accepted": 2, "deduplicated": 0, "rejected": 0, "errors": []})
+    );
     assert_eq!(app.count("SELECT count(*) FROM events"), 2);
 }
 
@@ -30,7 +36,12 @@ fn one_bad_event_is_rejected_alone_with_its_index() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         codes,
@@ -42,7 +53,10 @@ fn one_bad_event_is_rejected_alone_with_its_index() {
             (6, "invalid_event".to_owned()),
         ]
     );
-    assert!(answer["errors"][0]["message"].as_str().unwrap().contains("event_id"));
+    assert!(answer["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("event_id"));
     assert_eq!(app.count("SELECT count(*) FROM events"), 2);
 }
 
@@ -50,7 +64,11 @@ fn one_bad_event_is_rejected_alone_with_its_index() {
 fn ids_and_names_over_256_bytes_are_rejected() {
     let app = spawn_app();
     let long = "x".repeat(257);
-    let answer = app.send(json!([event(&long, "n"), event("ok", &long), event(&"y".repeat(256), "n")]));
+    let answer = app.send(json!([
+        event(&long, "n"),
+        event("ok", &long),
+        event(&"y".repeat(256), "n")
+    ]));
     assert_eq!(answer["accepted"], 1);
     assert_eq!(answer["errors"][0]["code"], "invalid_event_id");
     assert_eq!(answer["errors"][1]["code"], "invalid_event_name");
@@ -73,7 +91,10 @@ fn a_rotated_token_stops_working_at_once() {
     let app = spawn_app();
     let (_, new_token) = app.app.rotate_token("shop").unwrap();
     let body = json!({"events": [event("a", "n")]}).to_string();
-    assert_eq!(app.post_events_raw(body.clone(), Some(&app.token)).status(), 401);
+    assert_eq!(
+        app.post_events_raw(body.clone(), Some(&app.token)).status(),
+        401
+    );
     assert_eq!(app.post_events_raw(body, Some(&new_token)).status(), 200);
 }
 
@@ -108,12 +129,22 @@ fn over_1000_events_or_over_1_mib_is_413_and_stores_nothing() {
 fn the_daily_quota_answers_429_with_retry_after() {
     let app = spawn_app();
     let site = app.app.site("shop").unwrap();
-    let settings = tally::domain::SiteSettings { daily_quota: Some(3), ..site.settings.clone() };
+    let settings = tally::domain::SiteSettings {
+        daily_quota: Some(3),
+        ..site.settings.clone()
+    };
     app.app.configure_site("shop", settings, None).unwrap();
-    assert_eq!(app.send(json!([event("a", "n"), event("b", "n"), event("c", "n")]))["accepted"], 3);
+    assert_eq!(
+        app.send(json!([event("a", "n"), event("b", "n"), event("c", "n")]))["accepted"],
+        3
+    );
     let res = app.post_events(json!([event("d", "n")]));
     assert_eq!(res.status(), 429);
-    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry > 0 && retry <= 86_400);
     assert_eq!(res.json::<Value>().unwrap()["error"], "quota_exceeded");
     app.clock.advance_secs(86_400);
@@ -135,8 +166,16 @@ fn stored_rows_carry_every_field() {
     assert_eq!(
         rows[0],
         vec![
-            json!("shop"), json!("ord_42"), json!("order.completed"), json!("server"), json!(true),
-            json!(false), json!("2026-11-23 10:00:00"), json!("s_1"), json!("42"), json!(199.99)
+            json!("shop"),
+            json!("ord_42"),
+            json!("order.completed"),
+            json!("server"),
+            json!(true),
+            json!(false),
+            json!("2026-11-23 10:00:00"),
+            json!("s_1"),
+            json!("42"),
+            json!(199.99)
         ]
     );
 }

@@ -6,7 +6,11 @@ use serde_json::json;
 #[test]
 fn healthz_is_200_while_the_store_is_writable() {
     let app = spawn_app();
-    let res = app.client.get(format!("{}/healthz", app.base)).send().unwrap();
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .unwrap();
     assert_eq!(res.status(), 200);
 }
 
@@ -14,8 +18,17 @@ fn healthz_is_200_while_the_store_is_writable() {
 fn metrics_count_events_by_source_and_fate() {
     let app = spawn_app();
     app.send(json!([event("a", "n"), event("a", "n"), {"event_id": ""}]));
-    let text = app.client.get(format!("{}/metrics", app.base)).send().unwrap().text().unwrap();
-    assert!(text.contains(r#"tally_events_total{source="server",fate="accepted"} 1"#), "{text}");
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains(r#"tally_events_total{source="server",fate="accepted"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"tally_events_total{source="server",fate="deduplicated"} 1"#));
     assert!(text.contains(r#"tally_events_total{source="server",fate="rejected"} 1"#));
     assert!(text.contains("tally_ingest_queue_depth 0"));
@@ -25,19 +38,32 @@ fn metrics_count_events_by_source_and_fate() {
 #[test]
 fn the_pixel_script_is_gzipped_cacheable_and_within_budget() {
     let app = spawn_app();
-    let client = reqwest::blocking::Client::builder().no_gzip().build().unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .no_gzip()
+        .build()
+        .unwrap();
     let res = client
         .get(format!("{}/tally.js", app.base))
         .header("Accept-Encoding", "gzip")
         .send()
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/javascript"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/javascript"));
     assert_eq!(res.headers()["content-encoding"], "gzip");
-    assert!(res.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    assert!(res.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
     let etag = res.headers()["etag"].to_str().unwrap().to_owned();
     let body = res.bytes().unwrap();
-    assert!(body.len() <= 1_536, "served gzipped size {} > 1536", body.len());
+    assert!(
+        body.len() <= 1_536,
+        "served gzipped size {} > 1536",
+        body.len()
+    );
     let again = client
         .get(format!("{}/tally.js", app.base))
         .header("If-None-Match", &etag)
@@ -54,5 +80,8 @@ fn unknown_routes_are_json_404() {
     let app = spawn_app();
     let res = app.client.get(format!("{}/nope", app.base)).send().unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(res.json::<serde_json::Value>().unwrap()["error"], "not_found");
+    assert_eq!(
+        res.json::<serde_json::Value>().unwrap()["error"],
+        "not_found"
+    );
 }

@@ -13,15 +13,27 @@ fn new_and_duplicate_pixel_events_both_answer_204() {
     let app = spawn_app();
     assert_eq!(app.pixel(body(&app, "evt_1"), ORIGIN).status(), 204);
     assert_eq!(app.pixel(body(&app, "evt_1"), ORIGIN).status(), 204);
-    assert_eq!(app.count("SELECT count(*) FROM events WHERE source = 'pixel'"), 1);
-    assert_eq!(app.count("SELECT count(*) FROM duplicates WHERE source = 'pixel'"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE source = 'pixel'"),
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM duplicates WHERE source = 'pixel'"),
+        1
+    );
 }
 
 #[test]
 fn another_origin_is_403_and_stores_nothing() {
     let app = spawn_app();
-    assert_eq!(app.pixel(body(&app, "e"), "http://evil.example").status(), 403);
-    assert_eq!(app.pixel(body(&app, "e"), "http://localhost:3001").status(), 403);
+    assert_eq!(
+        app.pixel(body(&app, "e"), "http://evil.example").status(),
+        403
+    );
+    assert_eq!(
+        app.pixel(body(&app, "e"), "http://localhost:3001").status(),
+        403
+    );
     let res = app
         .client
         .post(format!("{}/v1/pixel", app.base))
@@ -30,7 +42,12 @@ fn another_origin_is_403_and_stores_nothing() {
         .send()
         .unwrap();
     assert_eq!(res.status(), 204, "Referer is used when Origin is missing");
-    let res = app.client.post(format!("{}/v1/pixel", app.base)).body(body(&app, "none").to_string()).send().unwrap();
+    let res = app
+        .client
+        .post(format!("{}/v1/pixel", app.base))
+        .body(body(&app, "none").to_string())
+        .send()
+        .unwrap();
     assert_eq!(res.status(), 403);
     assert_eq!(app.count("SELECT count(*) FROM events"), 1);
 }
@@ -72,6 +89,14 @@ fn pixel_rows_get_a_visitor_id_and_never_an_ip() {
     assert!(!format!("{everything:?}").contains("127.0.0.1"));
     app.clock.advance_secs(86_400);
     app.pixel(body(&app, "v3"), ORIGIN);
-    assert_eq!(app.query("SELECT DISTINCT visitor_id FROM events").len(), 2, "ids rotate daily");
-    assert_eq!(app.count("SELECT count(*) FROM visitor_salts"), 1, "old salts are deleted");
+    assert_eq!(
+        app.query("SELECT DISTINCT visitor_id FROM events").len(),
+        2,
+        "ids rotate daily"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM visitor_salts"),
+        1,
+        "old salts are deleted"
+    );
 }

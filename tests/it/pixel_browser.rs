@@ -7,7 +7,9 @@ use serde_json::json;
 /// Makes `origin` the only allowed origin of `site`.
 fn allow(app: &TestApp, site: &str, origin: &str) {
     let settings = app.app.site(site).unwrap().settings.clone();
-    app.app.configure_site(site, settings, Some(&[origin.to_owned()])).unwrap();
+    app.app
+        .configure_site(site, settings, Some(&[origin.to_owned()]))
+        .unwrap();
 }
 
 fn page(tally_base: &str, site_key: &str) -> String {
@@ -24,7 +26,10 @@ fn page(tally_base: &str, site_key: &str) -> String {
 fn the_pixel_and_the_server_count_one_order_once() {
     let app = spawn_app();
     // The customer's site is served from its own origin.
-    let site = app.app.add_site("web", &["https://placeholder.example".to_owned()]).unwrap();
+    let site = app
+        .app
+        .add_site("web", &["https://placeholder.example".to_owned()])
+        .unwrap();
     let pages = PageServer::start(page(&app.base, &site.site_key));
     allow(&app, "web", &pages.origin);
     let count = |sql: &str| app.count(sql);
@@ -39,11 +44,20 @@ fn the_pixel_and_the_server_count_one_order_once() {
     });
     let row = app.query("SELECT source, url, session_id IS NOT NULL, visitor_id IS NOT NULL, event_id FROM events WHERE event_name = 'page.view'");
     assert_eq!(row[0][0], json!("pixel"));
-    assert_eq!(row[0][1], json!(format!("{}/checkout/thanks", pages.origin)));
-    assert_eq!((row[0][2].clone(), row[0][3].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        row[0][1],
+        json!(format!("{}/checkout/thanks", pages.origin))
+    );
+    assert_eq!(
+        (row[0][2].clone(), row[0][3].clone()),
+        (json!(true), json!(true))
+    );
     assert!(row[0][4].as_str().unwrap().starts_with("evt_"));
 
-    browser.execute("tally.track('order.completed', {event_id: 'ord_42', order_id: '42', total: 199.99})", json!([]));
+    browser.execute(
+        "tally.track('order.completed', {event_id: 'ord_42', order_id: '42', total: 199.99})",
+        json!([]),
+    );
     eventually("the order with its own event_id", || {
         count("SELECT count(*) FROM events WHERE event_id = 'ord_42' AND event_name = 'order.completed'") == 1
     });
@@ -55,7 +69,8 @@ fn the_pixel_and_the_server_count_one_order_once() {
 
     browser.execute("history.pushState({}, '', '/account')", json!([]));
     eventually("a second page view after pushState", || {
-        count("SELECT count(*) FROM events WHERE event_name = 'page.view' AND url LIKE '%/account'") == 1
+        count("SELECT count(*) FROM events WHERE event_name = 'page.view' AND url LIKE '%/account'")
+            == 1
     });
 
     // The order webhook fires the same order from the server.
@@ -73,15 +88,29 @@ fn the_pixel_and_the_server_count_one_order_once() {
     assert_eq!(res["deduplicated"], 1);
     assert_eq!(res["accepted"], 0);
     let merged = app.query("SELECT source, seen_pixel, seen_server, properties->>'email_hash' FROM events WHERE event_id = 'ord_42'");
-    assert_eq!(merged, vec![vec![json!("pixel"), json!(true), json!(true), json!("ab12")]]);
+    assert_eq!(
+        merged,
+        vec![vec![
+            json!("pixel"),
+            json!(true),
+            json!(true),
+            json!("ab12")
+        ]]
+    );
     assert_eq!(count("SELECT count(*) FROM events WHERE site = 'web'"), 4);
 
     // The same page on an origin the site does not allow stores nothing.
     browser.goto(&format!("{}/checkout/thanks", pages.other_origin));
-    browser.execute("tally.track('order.completed', {event_id: 'ord_43'})", json!([]));
+    browser.execute(
+        "tally.track('order.completed', {event_id: 'ord_43'})",
+        json!([]),
+    );
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(count("SELECT count(*) FROM events WHERE site = 'web'"), 4);
-    assert_eq!(count("SELECT count(*) FROM events WHERE event_id = 'ord_43'"), 0);
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE event_id = 'ord_43'"),
+        0
+    );
 }
 
 #[test]
@@ -96,8 +125,15 @@ fn data_auto_false_turns_page_views_off() {
     allow(&app, "shop", &pages.origin);
     let browser = Browser::launch();
     browser.goto(&pages.origin);
-    eventually("the script to load", || browser.execute("return typeof tally", json!([])) == json!("object"));
+    eventually("the script to load", || {
+        browser.execute("return typeof tally", json!([])) == json!("object")
+    });
     browser.execute("tally.track('signup', {plan: 'free'})", json!([]));
-    eventually("the manual event", || app.count("SELECT count(*) FROM events WHERE event_name = 'signup'") == 1);
-    assert_eq!(app.count("SELECT count(*) FROM events WHERE event_name = 'page.view'"), 0);
+    eventually("the manual event", || {
+        app.count("SELECT count(*) FROM events WHERE event_name = 'signup'") == 1
+    });
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_name = 'page.view'"),
+        0
+    );
 }

@@ -9,7 +9,14 @@ fn acknowledged_events_survive_sigkill_and_stay_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
     let site: Value = serde_json::from_str(&tally_ok(
         dir.path(),
-        &["site", "add", "shop", "--origin", "https://shop.example.com", "--json"],
+        &[
+            "site",
+            "add",
+            "shop",
+            "--origin",
+            "https://shop.example.com",
+            "--json",
+        ],
     ))
     .unwrap();
     let token = site["api_token"].as_str().unwrap().to_owned();
@@ -25,14 +32,18 @@ fn acknowledged_events_survive_sigkill_and_stay_deduplicated() {
         res.json().unwrap()
     };
     let batch = |round: usize| -> Vec<Value> {
-        (0..200).map(|i| event(&format!("r{round}_{i}"), "order.completed")).collect()
+        (0..200)
+            .map(|i| event(&format!("r{round}_{i}"), "order.completed"))
+            .collect()
     };
 
     let mut acked = 0;
     for round in 0..3 {
         let server = ServerProcess::start(dir.path());
         for b in 0..5 {
-            acked += post(&server.base, batch(round * 10 + b))["accepted"].as_u64().unwrap();
+            acked += post(&server.base, batch(round * 10 + b))["accepted"]
+                .as_u64()
+                .unwrap();
         }
         server.kill9();
     }
@@ -42,11 +53,22 @@ fn acknowledged_events_survive_sigkill_and_stay_deduplicated() {
     for round in 0..3 {
         for b in 0..5 {
             let again = post(&server.base, batch(round * 10 + b));
-            assert_eq!(again["accepted"], 0, "a copy re-sent after the crash is still a duplicate");
+            assert_eq!(
+                again["accepted"], 0,
+                "a copy re-sent after the crash is still a duplicate"
+            );
             assert_eq!(again["deduplicated"], 200);
         }
     }
-    let count = tally_ok(dir.path(), &["sql", "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events", "--format", "json"]);
+    let count = tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events",
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(count, format!("[{{\"n\":{acked},\"d\":{acked}}}]\n"));
     assert!(server.terminate());
 }

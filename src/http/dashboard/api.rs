@@ -20,12 +20,16 @@ const DAY: i64 = 86_400 * 1_000_000;
 
 /// `GET /`: the dashboard page.
 pub async fn index(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    dashboard_files().respond(&req, "index.html").ok_or(ApiError::NotFound)
+    dashboard_files()
+        .respond(&req, "index.html")
+        .ok_or(ApiError::NotFound)
 }
 
 /// `GET /ui/{file}`: the page's script and styles.
 pub async fn file(req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    dashboard_files().respond(&req, &path).ok_or(ApiError::NotFound)
+    dashboard_files()
+        .respond(&req, &path)
+        .ok_or(ApiError::NotFound)
 }
 
 #[derive(Deserialize)]
@@ -47,16 +51,26 @@ pub async fn login(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
-        return Err(ApiError::bad_request("invalid_body", "send {\"password\": …} as application/json"));
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "send {\"password\": …} as application/json",
+        ));
     }
     let raw = body::read(&req, payload, 4096).await?;
-    let LoginBody { password } = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"password\": …}}: {e}")))?;
-    let addr = req.connection_info().realip_remote_addr().unwrap_or_default().to_owned();
+    let LoginBody { password } = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("expected {{\"password\": …}}: {e}"))
+    })?;
+    let addr = req
+        .connection_info()
+        .realip_remote_addr()
+        .unwrap_or_default()
+        .to_owned();
     let (cookie, csrf) = web::block(move || auth.login(&app, &addr, &password))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(HttpResponse::Ok().cookie(cookie).json(json!({ "csrf": csrf })))
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .json(json!({ "csrf": csrf })))
 }
 
 /// `POST /api/logout` (needs the CSRF header).
@@ -76,7 +90,11 @@ pub async fn session(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResp
 }
 
 /// `GET /api/sites`: names, keys and snippets.
-pub async fn sites(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn sites(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     auth.require(&req)?;
     let sites: Vec<_> = app
         .sites
@@ -100,9 +118,9 @@ pub struct Query {
 
 impl Query {
     fn site(&self, app: &App) -> Result<Arc<Site>, ApiError> {
-        app.sites
-            .find(&self.site)
-            .ok_or_else(|| ApiError::bad_request("unknown_site", format!("no site named {:?}", self.site)))
+        app.sites.find(&self.site).ok_or_else(|| {
+            ApiError::bad_request("unknown_site", format!("no site named {:?}", self.site))
+        })
     }
 
     /// `range=24h|7d|30d` ending now, or `range=custom&from=…&to=…` (days,
@@ -114,10 +132,18 @@ impl Query {
             "7d" => 7,
             "30d" => 30,
             "custom" => {
-                let from = parse_time(self.from.as_deref().ok_or_else(|| bad("custom needs from"))?, false)
-                    .ok_or_else(|| bad("from must be YYYY-MM-DD or RFC 3339"))?;
-                let to = parse_time(self.to.as_deref().ok_or_else(|| bad("custom needs to"))?, true)
-                    .ok_or_else(|| bad("to must be YYYY-MM-DD or RFC 3339"))?;
+                let from = parse_time(
+                    self.from
+                        .as_deref()
+                        .ok_or_else(|| bad("custom needs from"))?,
+                    false,
+                )
+                .ok_or_else(|| bad("from must be YYYY-MM-DD or RFC 3339"))?;
+                let to = parse_time(
+                    self.to.as_deref().ok_or_else(|| bad("custom needs to"))?,
+                    true,
+                )
+                .ok_or_else(|| bad("to must be YYYY-MM-DD or RFC 3339"))?;
                 if to <= from || to - from > 400 * DAY {
                     return Err(bad("to must be after from, at most 400 days later"));
                 }
@@ -125,16 +151,25 @@ impl Query {
             }
             _ => return Err(bad("range must be 24h, 7d, 30d or custom")),
         };
-        Ok(Range { from: now - days * DAY, to: now + 1 })
+        Ok(Range {
+            from: now - days * DAY,
+            to: now + 1,
+        })
     }
 }
 
 fn parse_time(s: &str, end: bool) -> Option<i64> {
     if let Ok(day) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let day = if end { day + chrono::Duration::days(1) } else { day };
+        let day = if end {
+            day + chrono::Duration::days(1)
+        } else {
+            day
+        };
         return Some(day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros());
     }
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }
 
 /// Runs a store query for a logged-in request on a blocking thread.
@@ -143,7 +178,9 @@ async fn query<T: serde::Serialize + Send + 'static>(
     auth: &Auth,
     req: &HttpRequest,
     q: web::Query<Query>,
-    f: impl FnOnce(&duckdb::Connection, &str, Range, i64, &Query) -> crate::store::Result<T> + Send + 'static,
+    f: impl FnOnce(&duckdb::Connection, &str, Range, i64, &Query) -> crate::store::Result<T>
+        + Send
+        + 'static,
 ) -> Result<HttpResponse, ApiError> {
     auth.require(req)?;
     let site = q.site(&app)?;
@@ -159,12 +196,25 @@ async fn query<T: serde::Serialize + Send + 'static>(
 }
 
 /// `GET /api/summary?site=&range=`: the cards.
-pub async fn summary(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
-    query(app, &auth, &req, q, |c, site, range, now, _| stats::summary(c, site, range, now)).await
+pub async fn summary(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
+    query(app, &auth, &req, q, |c, site, range, now, _| {
+        stats::summary(c, site, range, now)
+    })
+    .await
 }
 
 /// `GET /api/series?site=&range=`: events over time by source.
-pub async fn series(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+pub async fn series(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
     query(app, &auth, &req, q, |c, site, range, _, _| {
         Ok(json!({"bucket": range.bucket(), "points": stats::series(c, site, range)?}))
     })
@@ -172,13 +222,21 @@ pub async fn series(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest
 }
 
 /// `GET /api/top?site=&range=&kind=events|pages|referrers&limit=`.
-pub async fn top(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+pub async fn top(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
     let kind = match q.kind.as_deref().unwrap_or("events") {
         "events" => TopKind::Events,
         "pages" => TopKind::Pages,
         "referrers" => TopKind::Referrers,
         other => {
-            return Err(ApiError::bad_request("invalid_kind", format!("kind must be events, pages or referrers, not {other:?}")))
+            return Err(ApiError::bad_request(
+                "invalid_kind",
+                format!("kind must be events, pages or referrers, not {other:?}"),
+            ))
         }
     };
     query(app, &auth, &req, q, move |c, site, range, _, q| {
@@ -188,26 +246,46 @@ pub async fn top(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q
 }
 
 /// `GET /api/recent?site=`: the last unique events, newest first.
-pub async fn recent(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
-    query(app, &auth, &req, q, |c, site, _, _, q| stats::recent(c, site, q.limit.unwrap_or(20).min(200))).await
+pub async fn recent(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
+    query(app, &auth, &req, q, |c, site, _, _, q| {
+        stats::recent(c, site, q.limit.unwrap_or(20).min(200))
+    })
+    .await
 }
 
 /// `GET /api/live?site=`: Server-Sent Events, one `event` per unique event
 /// committed from now on; duplicates never appear. A comment every 15 s
 /// keeps proxies from closing the stream.
-pub async fn live(app: web::Data<App>, auth: web::Data<Auth>, req: HttpRequest, q: web::Query<Query>) -> Result<HttpResponse, ApiError> {
+pub async fn live(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
     auth.require(&req)?;
     let site = q.site(&app)?.name.clone();
     let rx = app.ingest()?.subscribe();
     let stream = futures_util::stream::unfold((rx, site), |(mut rx, site)| async move {
         loop {
             match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-                Err(_) => return Some((Ok::<_, std::convert::Infallible>(Bytes::from_static(b": keep-alive\n\n")), (rx, site))),
+                Err(_) => {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Bytes::from_static(b": keep-alive\n\n")),
+                        (rx, site),
+                    ))
+                }
                 Ok(Ok(item)) if item.site == site => {
                     let data = serde_json::to_string(&*item).unwrap_or_default();
                     return Some((Ok(Bytes::from(format!("data: {data}\n\n"))), (rx, site)));
                 }
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    continue
+                }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
             }
         }
