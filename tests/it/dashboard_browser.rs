@@ -143,8 +143,18 @@ fn docs_screenshot() {
     let hash = tally::domain::password::hash(PASSWORD).unwrap();
     execute(&app.app, Request::SetPasswordHash { hash }).unwrap();
     let now = chrono::Utc::now();
-    let pages = ["/", "/pricing", "/blog/counting-once", "/docs", "/checkout/thanks"];
-    let referrers = ["https://www.google.com/", "https://news.ycombinator.com/", "https://duckduckgo.com/"];
+    let pages = [
+        "/",
+        "/pricing",
+        "/blog/counting-once",
+        "/docs",
+        "/checkout/thanks",
+    ];
+    let referrers = [
+        "https://www.google.com/",
+        "https://news.ycombinator.com/",
+        "https://duckduckgo.com/",
+    ];
     let mut server = Vec::new();
     for i in 0..1_400u32 {
         let at = now - chrono::Duration::minutes(i64::from(i) * 7 + i64::from(i % 13) * 3);
@@ -168,7 +178,9 @@ fn docs_screenshot() {
             server.push(order);
         }
         if i % 9 == 0 {
-            server.push(json!({"event_id": format!("su_{i}"), "event_name": "signup", "occurred_at": at}));
+            server.push(
+                json!({"event_id": format!("su_{i}"), "event_name": "signup", "occurred_at": at}),
+            );
         }
         if server.len() >= 200 {
             app.send(json!(server));
