@@ -33,9 +33,12 @@ pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
     events::scan_window(conn, since_secs, |key, start| {
         index.insert_latest(key, Entry::unknown(start))
     })?;
+    let bytes_per_key = index.memory_bytes() as f64 / index.len().max(1) as f64;
     tracing::info!(
         keys = index.len(),
         ms = started.elapsed().as_millis() as u64,
+        index_mb = index.memory_bytes() / (1 << 20),
+        bytes_per_key = format!("{bytes_per_key:.1}"),
         "dedup index rebuilt"
     );
     Ok(index)
@@ -171,10 +174,8 @@ impl Writer {
                 } else if let Some(entry) = self.live_entry(&group, &key, site, now) {
                     group.fold_into_stored(key, entry, site, event, now_micros);
                     Fate::Deduplicated
-                } else if history.contains(&key) {
-                    group
-                        .dups
-                        .push(dropped(site, event, now_micros, Source::Import));
+                } else if let Some(&kept) = history.get(&key) {
+                    group.dups.push(dropped(site, event, now_micros, kept));
                     Fate::Deduplicated
                 } else {
                     group.push_new(key, site, event, now_micros);

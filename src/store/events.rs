@@ -14,7 +14,7 @@ use duckdb::arrow::array::{
 };
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{params, Connection, OptionalExt};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A unique event as appended to `events`.
@@ -326,21 +326,35 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
         .expect("scan_window selects fixed column types")
 }
 
-/// Which of `keys` have any row in `events`, however old (for `tally import`).
-pub fn existing_keys(conn: &Connection, site: &str, keys: &[KeyHash]) -> Result<HashSet<KeyHash>> {
-    let mut found = HashSet::new();
+/// Which of `keys` have any row in `events`, however old (for `tally
+/// import`), with the source of a kept copy.
+pub fn existing_keys(
+    conn: &Connection,
+    site: &str,
+    keys: &[KeyHash],
+) -> Result<HashMap<KeyHash, Source>> {
+    let mut found = HashMap::new();
     for chunk in keys.chunks(2_000) {
+        // The list holds integers we formatted ourselves: no injection.
         let list = chunk
             .iter()
             .map(|k| k.low().to_string())
             .collect::<Vec<_>>()
             .join(",");
         let mut stmt = conn.prepare(&format!(
-            "SELECT DISTINCT key_hash, key_hash2 FROM events WHERE site = ? AND key_hash IN ({list})"
+            "SELECT key_hash, key_hash2, any_value(source) FROM events \
+             WHERE site = ? AND key_hash IN ({list}) GROUP BY ALL"
         ))?;
-        let rows = stmt.query_map([site], |r| Ok(KeyHash::from_parts(r.get(0)?, r.get(1)?)))?;
-        for k in rows {
-            found.insert(k?);
+        let rows = stmt.query_map([site], |r| {
+            let source: String = r.get(2)?;
+            Ok((
+                KeyHash::from_parts(r.get(0)?, r.get(1)?),
+                Source::parse(&source).unwrap_or(Source::Import),
+            ))
+        })?;
+        for row in rows {
+            let (key, source) = row?;
+            found.insert(key, source);
         }
     }
     Ok(found)
