@@ -6,6 +6,7 @@ pub mod event;
 pub mod key;
 pub mod password;
 pub mod site;
+pub mod time;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{Event, EventError, Source};

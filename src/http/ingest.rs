@@ -51,12 +51,7 @@ pub async fn events(
     app.metrics.request(Endpoint::Events);
     let site = authenticate(&app, &req)?;
     let body = body::read(&req, payload, MAX_BATCH_BYTES).await?;
-    app.ingest()?
-        .quotas
-        .check(&site, app.clock.now_micros())
-        .map_err(|q| ApiError::QuotaExceeded {
-            retry_after: q.retry_after_secs,
-        })?;
+    check_quota(&app, &site)?;
     let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
@@ -94,6 +89,16 @@ pub async fn events(
         rejected: errors.len() as u64,
         errors,
     }))
+}
+
+/// 429 once `site` has spent its daily quota.
+fn check_quota(app: &App, site: &Site) -> Result<(), ApiError> {
+    app.ingest()?
+        .quotas
+        .check(site, app.clock.now_micros())
+        .map_err(|q| ApiError::QuotaExceeded {
+            retry_after: q.retry_after_secs,
+        })
 }
 
 fn authenticate(app: &App, req: &HttpRequest) -> Result<Arc<Site>, ApiError> {
@@ -143,12 +148,7 @@ pub async fn pixel(
             site.name
         )));
     }
-    app.ingest()?
-        .quotas
-        .check(&site, app.clock.now_micros())
-        .map_err(|q| ApiError::QuotaExceeded {
-            retry_after: q.retry_after_secs,
-        })?;
+    check_quota(&app, &site)?;
     event.visitor_id = Some(super::visitor::visitor_id(&app, &site, &req)?);
     app.ingest()?.ingest(site, vec![event]).await?;
     let mut res = HttpResponse::NoContent();

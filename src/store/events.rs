@@ -159,7 +159,7 @@ fn event_batch(rows: &[EventRow]) -> Result<RecordBatch> {
             )),
         ),
     ];
-    Ok(RecordBatch::try_from_iter(columns).map_err(arrow_error)?)
+    RecordBatch::try_from_iter(columns).map_err(arrow_error)
 }
 
 fn duplicate_batch(dups: &[DuplicateRow]) -> Result<RecordBatch> {
@@ -183,7 +183,7 @@ fn duplicate_batch(dups: &[DuplicateRow]) -> Result<RecordBatch> {
             strings(dups.iter().map(|d| Some(d.kept_source.as_str()))),
         ),
     ];
-    Ok(RecordBatch::try_from_iter(columns).map_err(arrow_error)?)
+    RecordBatch::try_from_iter(columns).map_err(arrow_error)
 }
 
 fn arrow_error(e: duckdb::arrow::error::ArrowError) -> StoreError {

@@ -100,6 +100,25 @@ impl Store {
     }
 }
 
+/// Runs `f` in a transaction on `conn`: committed if it succeeds, rolled
+/// back if it fails.
+pub fn transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> duckdb::Result<T>,
+) -> Result<T> {
+    conn.execute_batch("BEGIN TRANSACTION")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(value)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK")?;
+            Err(e.into())
+        }
+    }
+}
+
 /// Microseconds since the epoch as a DuckDB `TIMESTAMP` value.
 pub fn timestamp(micros: i64) -> duckdb::types::Value {
     duckdb::types::Value::Timestamp(duckdb::types::TimeUnit::Microsecond, micros)

@@ -11,9 +11,8 @@ pub fn for_day(conn: &Connection, day: i64, fresh: impl FnOnce() -> String) -> R
     let date = (chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(day))
         .date_naive()
         .to_string();
-    conn.execute_batch("BEGIN TRANSACTION")?;
-    let result = (|| {
-        let existing: Option<String> = conn
+    super::transaction(conn, |c| {
+        let existing: Option<String> = c
             .query_row(
                 "SELECT salt FROM visitor_salts WHERE day = ?::DATE",
                 [&date],
@@ -24,24 +23,14 @@ pub fn for_day(conn: &Connection, day: i64, fresh: impl FnOnce() -> String) -> R
             Some(s) => s,
             None => {
                 let s = fresh();
-                conn.execute(
+                c.execute(
                     "INSERT INTO visitor_salts VALUES (?::DATE, ?)",
                     params![date, s],
                 )?;
                 s
             }
         };
-        conn.execute("DELETE FROM visitor_salts WHERE day < ?::DATE", [&date])?;
-        Ok::<_, duckdb::Error>(salt)
-    })();
-    match result {
-        Ok(s) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(s)
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK")?;
-            Err(e.into())
-        }
-    }
+        c.execute("DELETE FROM visitor_salts WHERE day < ?::DATE", [&date])?;
+        Ok(salt)
+    })
 }

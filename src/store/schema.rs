@@ -74,23 +74,16 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     )?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
-        conn.execute_batch("BEGIN")?;
-        let applied = conn.execute_batch(sql).and_then(|_| {
-            conn.execute(
+        super::transaction(conn, |c| {
+            c.execute_batch(sql)?;
+            c.execute(
                 "INSERT INTO schema_version VALUES (?, ?)",
                 duckdb::params![
                     version,
                     super::timestamp(chrono::Utc::now().timestamp_micros())
                 ],
             )
-        });
-        match applied {
-            Ok(_) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                conn.execute_batch("ROLLBACK")?;
-                return Err(e.into());
-            }
-        }
+        })?;
     }
     Ok(())
 }

@@ -15,16 +15,9 @@ pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
 
 /// Stores `value` under `key`, replacing what was there.
 pub fn set(conn: &Connection, key: &str, value: &str) -> Result<()> {
-    conn.execute_batch("BEGIN")?;
-    let done = conn
-        .execute("DELETE FROM settings WHERE key = ?", [key])
-        .and_then(|_| conn.execute("INSERT INTO settings VALUES (?, ?)", params![key, value]));
-    match done {
-        Ok(_) => conn.execute_batch("COMMIT")?,
-        Err(e) => {
-            conn.execute_batch("ROLLBACK")?;
-            return Err(e.into());
-        }
-    }
+    super::transaction(conn, |c| {
+        c.execute("DELETE FROM settings WHERE key = ?", [key])?;
+        c.execute("INSERT INTO settings VALUES (?, ?)", params![key, value])
+    })?;
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 use crate::helpers::*;
 use serde_json::{json, Value};
-use tally::control::{execute, Request};
 
 fn login(app: &TestApp, password: &str) -> reqwest::blocking::Response {
     app.client
@@ -15,8 +14,7 @@ fn login(app: &TestApp, password: &str) -> reqwest::blocking::Response {
 #[test]
 fn login_sets_a_strict_http_only_cookie_and_the_api_needs_it() {
     let app = spawn_app();
-    let hash = tally::domain::password::hash("s3cret-pass").unwrap();
-    execute(&app.app, Request::SetPasswordHash { hash }).unwrap();
+    app.set_password("s3cret-pass");
     let anon = app
         .client
         .get(format!("{}/api/summary?site=shop", app.base))
@@ -92,8 +90,7 @@ fn login_sets_a_strict_http_only_cookie_and_the_api_needs_it() {
 #[test]
 fn wrong_passwords_are_rate_limited() {
     let app = spawn_app();
-    let hash = tally::domain::password::hash("s3cret-pass").unwrap();
-    execute(&app.app, Request::SetPasswordHash { hash }).unwrap();
+    app.set_password("s3cret-pass");
     for _ in 0..5 {
         assert_eq!(login(&app, "guess").status(), 401);
     }

@@ -4,7 +4,6 @@
 use crate::browser::{eventually, Browser};
 use crate::helpers::*;
 use serde_json::json;
-use tally::control::{execute, Request};
 
 const PASSWORD: &str = "correct horse battery";
 const XSS: &str = "<img src=x onerror=alert(1)>";
@@ -39,11 +38,20 @@ fn seed(app: &TestApp) {
     assert_eq!(app.pixel(both, ORIGIN).status(), 204);
 }
 
+/// Opens the dashboard and logs in with [`PASSWORD`].
+fn log_in(b: &Browser, app: &TestApp) {
+    b.goto(&app.base);
+    eventually("the login form", || {
+        b.execute("return !document.getElementById('login').hidden", json!([])) == json!(true)
+    });
+    b.type_into("#password", PASSWORD);
+    b.click("#login-form button[type=submit]");
+}
+
 #[test]
 fn the_dashboard_shows_what_the_seed_implies_and_the_live_feed() {
     let app = spawn_app();
-    let hash = tally::domain::password::hash(PASSWORD).unwrap();
-    execute(&app.app, Request::SetPasswordHash { hash }).unwrap();
+    app.set_password(PASSWORD);
     seed(&app);
 
     let b = Browser::launch();
@@ -118,15 +126,9 @@ fn the_dashboard_shows_what_the_seed_implies_and_the_live_feed() {
 #[test]
 fn a_new_site_gets_an_empty_state_with_the_snippet() {
     let app = spawn_app();
-    let hash = tally::domain::password::hash(PASSWORD).unwrap();
-    execute(&app.app, Request::SetPasswordHash { hash }).unwrap();
+    app.set_password(PASSWORD);
     let b = Browser::launch();
-    b.goto(&app.base);
-    eventually("the login form", || {
-        b.execute("return !document.getElementById('login').hidden", json!([])) == json!(true)
-    });
-    b.type_into("#password", PASSWORD);
-    b.click("#login-form button[type=submit]");
+    log_in(&b, &app);
     eventually("the empty state", || {
         b.execute("return !document.getElementById('empty').hidden", json!([])) == json!(true)
     });
@@ -140,8 +142,7 @@ fn a_new_site_gets_an_empty_state_with_the_snippet() {
 #[ignore]
 fn docs_screenshot() {
     let app = spawn_app();
-    let hash = tally::domain::password::hash(PASSWORD).unwrap();
-    execute(&app.app, Request::SetPasswordHash { hash }).unwrap();
+    app.set_password(PASSWORD);
     let now = chrono::Utc::now();
     let pages = [
         "/",
@@ -190,12 +191,7 @@ fn docs_screenshot() {
     }
     app.send(json!(server));
     let b = Browser::launch();
-    b.goto(&app.base);
-    eventually("the login form", || {
-        b.execute("return !document.getElementById('login').hidden", json!([])) == json!(true)
-    });
-    b.type_into("#password", PASSWORD);
-    b.click("#login-form button[type=submit]");
+    log_in(&b, &app);
     eventually("the cards", || b.text("#card-unique") != "–");
     std::thread::sleep(std::time::Duration::from_millis(500));
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");

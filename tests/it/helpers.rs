@@ -111,6 +111,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Sets the dashboard password, as `tally admin set-password` does.
+    pub fn set_password(&self, password: &str) {
+        let hash = tally::domain::password::hash(password).unwrap();
+        tally::control::execute(&self.app, tally::control::Request::SetPasswordHash { hash })
+            .unwrap();
+    }
+
     /// Runs a read-only query on the running app's store.
     pub fn query(&self, sql: &str) -> Vec<Vec<Value>> {
         let conn = self.app.store.connect().unwrap();

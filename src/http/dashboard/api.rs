@@ -3,6 +3,7 @@
 
 use super::auth::Auth;
 use crate::app::App;
+use crate::domain::time::parse_day_or_instant;
 use crate::domain::Site;
 use crate::http::assets::dashboard_files;
 use crate::http::body;
@@ -132,14 +133,14 @@ impl Query {
             "7d" => 7,
             "30d" => 30,
             "custom" => {
-                let from = parse_time(
+                let from = parse_day_or_instant(
                     self.from
                         .as_deref()
                         .ok_or_else(|| bad("custom needs from"))?,
                     false,
                 )
                 .ok_or_else(|| bad("from must be YYYY-MM-DD or RFC 3339"))?;
-                let to = parse_time(
+                let to = parse_day_or_instant(
                     self.to.as_deref().ok_or_else(|| bad("custom needs to"))?,
                     true,
                 )
@@ -156,20 +157,6 @@ impl Query {
             to: now + 1,
         })
     }
-}
-
-fn parse_time(s: &str, end: bool) -> Option<i64> {
-    if let Ok(day) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let day = if end {
-            day + chrono::Duration::days(1)
-        } else {
-            day
-        };
-        return Some(day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros());
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.timestamp_micros())
 }
 
 /// Runs a store query for a logged-in request on a blocking thread.
