@@ -1,6 +1,7 @@
 //! Embedded files (the pixel, the dashboard) through one generic handler:
 //! MIME type, strong `ETag` from the embedded hash, `304` on
-//! `If-None-Match`, and a gzip body compressed once at maximum level.
+//! `If-None-Match`, and brotli or gzip bodies compressed once, at maximum
+//! level, on first use.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
@@ -26,6 +27,7 @@ pub struct Dashboard;
 struct Prepared {
     body: Vec<u8>,
     gzip: Option<Vec<u8>>,
+    brotli: Option<Vec<u8>>,
     etag: String,
     mime: &'static str,
 }
@@ -56,11 +58,13 @@ impl<T: RustEmbed> StaticFiles<T> {
         let mime = mime_of(path);
         let body = file.data.into_owned();
         let gzip = compressible(mime).then(|| gzip_best(&body));
+        let brotli = compressible(mime).then(|| brotli_best(&body));
         let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..12]));
         // Embedded files are few and live as long as the process.
         let p: &'static Prepared = Box::leak(Box::new(Prepared {
             body,
             gzip,
+            brotli,
             etag,
             mime,
         }));
@@ -91,17 +95,20 @@ impl<T: RustEmbed> StaticFiles<T> {
             return Some(res.finish());
         }
         res.insert_header((header::CONTENT_TYPE, file.mime));
-        match &file.gzip {
-            Some(gz) if accepts_gzip(req) => Some(
-                res.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")))
-                    .body(gz.clone()),
-            ),
-            _ => Some(res.body(file.body.clone())),
+        let (encoding, body) = match (&file.brotli, &file.gzip) {
+            (Some(br), _) if accepts(req, "br") => (Some("br"), br),
+            (_, Some(gz)) if accepts(req, "gzip") => (Some("gzip"), gz),
+            _ => (None, &file.body),
+        };
+        if let Some(encoding) = encoding {
+            res.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static(encoding)));
         }
+        Some(res.body(body.clone()))
     }
 }
 
-fn accepts_gzip(req: &HttpRequest) -> bool {
+/// Whether `Accept-Encoding` allows `encoding` (and does not give it `q=0`).
+fn accepts(req: &HttpRequest, encoding: &str) -> bool {
     req.headers()
         .get_all(header::ACCEPT_ENCODING)
         .filter_map(|v| v.to_str().ok())
@@ -110,7 +117,7 @@ fn accepts_gzip(req: &HttpRequest) -> bool {
             let mut parts = enc.split(';');
             let name = parts.next().unwrap_or_default().trim();
             let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
-            (name == "gzip" || name == "*") && !refused
+            (name == encoding || name == "*") && !refused
         })
 }
 
@@ -119,6 +126,16 @@ pub fn gzip_best(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::best());
     enc.write_all(data).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
+}
+
+/// Brotli at maximum quality.
+pub fn brotli_best(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = brotli::CompressorWriter::new(&mut out, 4096, 11, 22);
+        enc.write_all(data).expect("writing to a Vec cannot fail");
+    }
+    out
 }
 
 fn mime_of(path: &str) -> &'static str {

@@ -179,3 +179,43 @@ fn stored_rows_carry_every_field() {
         ]
     );
 }
+
+#[test]
+fn a_store_that_cannot_write_answers_503_and_stores_nothing_of_the_request() {
+    let app = spawn_app();
+    app.send(json!([event("a", "n")]));
+    // Break the store under the writer: the group's append of dropped copies fails.
+    let conn = app.app.store.connect().unwrap();
+    conn.execute_batch("ALTER TABLE duplicates RENAME TO duplicates_away")
+        .unwrap();
+    let res = app.post_events(json!([event("b", "n"), event("a", "n")]));
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.json::<Value>().unwrap()["error"], "unavailable");
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(
+        app.count("SELECT count(*) FROM events"),
+        1,
+        "b was rolled back with the rest"
+    );
+    // Repaired, the sender's retry of the whole request goes in as if new.
+    conn.execute_batch("ALTER TABLE duplicates_away RENAME TO duplicates")
+        .unwrap();
+    let retry = app.send(json!([event("b", "n"), event("a", "n")]));
+    assert_eq!(
+        (retry["accepted"].as_u64(), retry["deduplicated"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(app.count("SELECT count(*) FROM events"), 2);
+}

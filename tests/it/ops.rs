@@ -70,6 +70,16 @@ fn the_pixel_script_is_gzipped_cacheable_and_within_budget() {
         .send()
         .unwrap();
     assert_eq!(again.status(), 304);
+    let br = client
+        .get(format!("{}/tally.js", app.base))
+        .header("Accept-Encoding", "br, gzip")
+        .send()
+        .unwrap();
+    assert_eq!(br.headers()["content-encoding"], "br");
+    assert!(
+        br.bytes().unwrap().len() < body.len(),
+        "brotli beats gzip here"
+    );
     let plain = client.get(format!("{}/tally.js", app.base)).send().unwrap();
     assert!(plain.headers().get("content-encoding").is_none());
     assert!(plain.text().unwrap().contains("sendBeacon"));
