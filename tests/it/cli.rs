@@ -4,21 +4,6 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::io::Write;
 
-fn add_site(dir: &std::path::Path) -> Value {
-    let out = tally_ok(
-        dir,
-        &[
-            "site",
-            "add",
-            "shop",
-            "--origin",
-            "https://shop.example.com",
-            "--json",
-        ],
-    );
-    serde_json::from_str(&out).unwrap()
-}
-
 #[test]
 fn site_add_prints_key_token_and_snippet_as_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -203,6 +203,20 @@ pub fn tally_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `tally site add shop --origin https://shop.example.com --json`: the new
+/// site's key, token and snippet.
+pub fn add_site(dir: &Path) -> Value {
+    let args = [
+        "site",
+        "add",
+        "shop",
+        "--origin",
+        "https://shop.example.com",
+        "--json",
+    ];
+    serde_json::from_str(&tally_ok(dir, &args)).unwrap()
+}
+
 /// A free TCP port on localhost.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

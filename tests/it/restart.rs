@@ -7,18 +7,7 @@ use serde_json::{json, Value};
 #[test]
 fn acknowledged_events_survive_sigkill_and_stay_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
-    let site: Value = serde_json::from_str(&tally_ok(
-        dir.path(),
-        &[
-            "site",
-            "add",
-            "shop",
-            "--origin",
-            "https://shop.example.com",
-            "--json",
-        ],
-    ))
-    .unwrap();
+    let site = add_site(dir.path());
     let token = site["api_token"].as_str().unwrap().to_owned();
     let client = reqwest::blocking::Client::new();
     let post = |base: &str, events: Vec<Value>| -> Value {
