@@ -13,35 +13,31 @@ pub const SHARDS: usize = 64;
 pub struct Entry {
     /// Arrival of the first copy (window start), seconds since the epoch.
     pub first_seen: u32,
-    /// Packed: bits 0–2 sources seen, bits 3–4 kept source, bit 5 "summary
-    /// known", bits 6–31 a 26-bit hash of the last properties text folded in.
+    /// Packed: bits 0–2 sources seen, bits 3–4 kept source, bit 5 "properties
+    /// hash known", bits 6–31 a 26-bit hash of the last properties text
+    /// folded in.
     meta: u32,
 }
 
-const KNOWN: u32 = 1 << 5;
+const PROPS_KNOWN: u32 = 1 << 5;
+const HASH_BITS: u32 = 0x03ff_ffff;
 
 impl Entry {
-    /// An entry for a new kept copy whose summary is known.
+    /// An entry whose kept row's properties hash is known (written by this
+    /// process).
     pub fn new(first_seen: u32, kept: Source, sources: u8, props_hash: u32) -> Self {
-        let meta = u32::from(sources & 7)
-            | (u32::from(kept.index()) << 3)
-            | KNOWN
-            | ((props_hash & 0x03ff_ffff) << 6);
+        let meta = Self::without_props(first_seen, kept, sources).meta
+            | PROPS_KNOWN
+            | ((props_hash & HASH_BITS) << 6);
         Self { first_seen, meta }
     }
 
-    /// An entry rebuilt from the store: only the window start is known; the
-    /// first duplicate reads the kept row before deciding what to merge.
-    pub fn unknown(first_seen: u32) -> Self {
-        Self {
-            first_seen,
-            meta: 0,
-        }
-    }
-
-    /// Whether the summary (sources, kept source, properties hash) is known.
-    pub fn is_known(self) -> bool {
-        self.meta & KNOWN != 0
+    /// An entry rebuilt from the store: sources and kept source are read from
+    /// the row, the properties are not (a duplicate carrying properties reads
+    /// the kept row before merging).
+    pub fn without_props(first_seen: u32, kept: Source, sources: u8) -> Self {
+        let meta = u32::from(sources & 7) | (u32::from(kept.index()) << 3);
+        Self { first_seen, meta }
     }
 
     /// Mask of [`Source::bit`]s that sent a copy.
@@ -54,14 +50,20 @@ impl Entry {
         Source::from_index(((self.meta >> 3) & 3) as u8)
     }
 
-    /// The 26-bit hash of the last properties text folded in.
+    /// Whether the properties hash is known.
+    pub fn props_known(self) -> bool {
+        self.meta & PROPS_KNOWN != 0
+    }
+
+    /// The 26-bit hash of the last properties text folded in (0 if unknown).
     pub fn props_hash(self) -> u32 {
         self.meta >> 6
     }
 
-    /// Whether `props_hash` is the hash of a properties text already folded in.
+    /// Whether `props_hash` is known to be the hash of a properties text
+    /// already folded in, so a copy carrying it has nothing to add.
     pub fn props_hash_matches(self, props_hash: u32) -> bool {
-        (self.meta >> 6) == (props_hash & 0x03ff_ffff)
+        self.props_known() && (self.meta >> 6) == (props_hash & HASH_BITS)
     }
 }
 
@@ -171,6 +173,10 @@ fn buckets(capacity: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn unknown(first_seen: u32) -> Entry {
+        Entry::without_props(first_seen, Source::Server, 2)
+    }
+
     fn key(i: u32) -> KeyHash {
         KeyHash::of(1, "e", &i.to_string())
     }
@@ -178,19 +184,24 @@ mod tests {
     #[test]
     fn entry_packs_its_summary() {
         let e = Entry::new(100, Source::Server, 0b011, 0xdead_beef);
-        assert!(e.is_known());
+        assert!(e.props_known());
         assert_eq!(e.kept(), Source::Server);
         assert_eq!(e.sources(), 0b011);
         assert!(e.props_hash_matches(0xdead_beef));
         assert!(!e.props_hash_matches(0xdead_beee));
-        assert!(!Entry::unknown(1).is_known());
+        let rebuilt = Entry::without_props(1, Source::Pixel, 0b101);
+        assert_eq!((rebuilt.kept(), rebuilt.sources()), (Source::Pixel, 0b101));
+        assert!(
+            !rebuilt.props_hash_matches(0),
+            "an unknown hash matches nothing"
+        );
     }
 
     #[test]
     fn sweep_drops_only_expired_windows() {
         let mut idx = KeyIndex::default();
         for i in 0..10_000 {
-            idx.insert(key(i), Entry::unknown(if i % 2 == 0 { 10 } else { 20 }));
+            idx.insert(key(i), unknown(if i % 2 == 0 { 10 } else { 20 }));
         }
         let dropped: usize = (0..SHARDS).map(|_| idx.sweep_one_shard(10)).sum();
         assert_eq!(dropped, 5_000);
@@ -206,7 +217,7 @@ mod tests {
         for n in [1_000u32, 50_000, 200_000] {
             while idx.len() < n as usize {
                 let i = idx.len() as u32;
-                idx.insert(key(i), Entry::unknown(1));
+                idx.insert(key(i), unknown(1));
             }
             let per_key = idx.memory_bytes() as f64 / idx.len() as f64;
             assert!(per_key <= 48.5, "{per_key} bytes a key at {n} keys");
@@ -216,8 +227,8 @@ mod tests {
     #[test]
     fn rebuild_keeps_the_latest_window() {
         let mut idx = KeyIndex::default();
-        idx.insert_latest(key(1), Entry::unknown(50));
-        idx.insert_latest(key(1), Entry::unknown(40));
+        idx.insert_latest(key(1), unknown(50));
+        idx.insert_latest(key(1), unknown(40));
         assert_eq!(idx.get(&key(1)).unwrap().first_seen, 50);
     }
 }

@@ -19,12 +19,12 @@ pub fn fill_missing(kept: Option<&str>, incoming: &str) -> Option<String> {
     (merged.len() > before).then(|| Value::Object(merged).to_string())
 }
 
-/// A cheap fingerprint of a properties text, as kept in the index: equal
-/// texts mean the later copy has nothing to add.
+/// A cheap 26-bit fingerprint of a properties text, as kept in the index:
+/// equal texts mean the later copy has nothing to add.
 pub fn props_hash(text: Option<&str>) -> u32 {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
-    h.finish() as u32
+    h.finish() as u32 & 0x03ff_ffff
 }
 
 #[cfg(test)]

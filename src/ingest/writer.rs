@@ -35,8 +35,8 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
     let started = Instant::now();
     let mut index = KeyIndex::default();
-    events::scan_window(conn, since_secs, |key, start| {
-        index.insert_latest(key, Entry::unknown(start))
+    events::scan_window(conn, since_secs, |key, start, kept, seen| {
+        index.insert_latest(key, Entry::without_props(start, kept, seen))
     })?;
     let bytes_per_key = index.memory_bytes() as f64 / index.len().max(1) as f64;
     tracing::info!(
@@ -78,6 +78,8 @@ struct Touch {
     merges: Vec<String>,
     /// Hash of the last properties text folded in.
     last_props: u32,
+    /// Whether `last_props` is known (else the kept row must be read to merge).
+    props_known: bool,
     /// Whether the site fills in missing properties.
     merge: bool,
 }
@@ -235,7 +237,7 @@ impl Writer {
     /// Brings a stored kept row up to date with this group's copies. The
     /// row is read only when the index cannot tell what to write.
     fn update_stored(&self, key: KeyHash, t: &Touch) -> Result<()> {
-        let must_read = !t.entry.is_known() || !t.merges.is_empty() || t.replacement.is_some();
+        let must_read = !t.merges.is_empty() || t.replacement.is_some();
         if !must_read {
             if t.seen != t.entry.sources() {
                 events::update_seen(&self.conn, key, t.window_start, t.seen)?;
@@ -295,12 +297,10 @@ impl Writer {
         }
         for (key, t) in group.touched {
             let kept = t.replacement.as_ref().map_or(t.entry.kept(), |r| r.source);
-            // An entry rebuilt from the store stays unknown: this group saw
-            // only its own copies' sources, not the stored ones.
-            let entry = if t.entry.is_known() {
+            let entry = if t.props_known {
                 Entry::new(t.window_start, kept, t.seen, t.last_props)
             } else {
-                Entry::unknown(t.window_start)
+                Entry::without_props(t.window_start, kept, t.seen)
             };
             self.index.insert(key, entry);
         }
@@ -378,22 +378,22 @@ impl Group {
             replacement: None,
             merges: Vec::new(),
             last_props: entry.props_hash(),
+            props_known: entry.props_known(),
             merge: site.settings.merge_properties,
         });
         t.seen |= event.source.bit();
         let kept = t.replacement.as_ref().map_or(entry.kept(), |r| r.source);
-        let known = entry.is_known() || t.replacement.is_some();
-        if known
-            && Resolution::of(
-                site.settings.policy,
-                kept,
-                t.window_start,
-                event.source,
-                now,
-            ) == Resolution::Replace
+        if Resolution::of(
+            site.settings.policy,
+            kept,
+            t.window_start,
+            event.source,
+            now,
+        ) == Resolution::Replace
         {
             let received = i64::from(t.window_start) * 1_000_000;
             t.last_props = props_hash(event.properties.as_deref());
+            t.props_known = true;
             // The copy dropped is the one that was kept until now.
             self.dups.push(DuplicateRow {
                 site: site.name.clone(),
@@ -409,10 +409,12 @@ impl Group {
         let hash = props_hash(event.properties.as_deref());
         if site.settings.merge_properties {
             if let Some(text) = event.properties.take() {
-                if !(entry.is_known() && entry.props_hash_matches(hash) && t.merges.is_empty()) {
+                // Equal to a text already folded in: nothing to add, no read.
+                if !(t.props_known && t.last_props == hash) {
                     t.merges.push(text);
                 }
                 t.last_props = hash;
+                t.props_known = true;
             }
         }
         self.dups.push(dropped(site, event, now_micros, kept));

@@ -10,7 +10,8 @@
 use super::{timestamp, Result, StoreError};
 use crate::domain::{KeyHash, Source};
 use duckdb::arrow::array::{
-    Array, ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, UInt32Array,
+    UInt64Array, UInt8Array,
 };
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{params, Connection, OptionalExt};
@@ -292,26 +293,33 @@ pub fn replace_kept(conn: &Connection, window_start: u32, row: &EventRow) -> Res
     Ok(())
 }
 
-/// Calls `f(key, window_start_secs)` for every event that arrived at or after
-/// `since_secs`. Reads the two fingerprint columns in Arrow batches, never
-/// the key strings: this is what keeps a 10M-key restart within seconds.
+/// Calls `f(key, window_start_secs, kept_source, sources_seen)` for every
+/// event that arrived at or after `since_secs`. Reads the fingerprint
+/// columns and three small computed integers in Arrow batches, never the key
+/// strings: this is what keeps a 10M-key restart within seconds.
 pub fn scan_window(
     conn: &Connection,
     since_secs: i64,
-    mut f: impl FnMut(KeyHash, u32),
+    mut f: impl FnMut(KeyHash, u32, Source, u8),
 ) -> Result<()> {
     let mut stmt = conn.prepare(
-        "SELECT key_hash, key_hash2, (epoch_ms(received_at) // 1000)::UINTEGER FROM events \
-         WHERE received_at >= ?",
+        "SELECT key_hash, key_hash2, (epoch_ms(received_at) // 1000)::UINTEGER, \
+         (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, \
+         (seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT \
+         FROM events WHERE received_at >= ?",
     )?;
     for batch in stmt.query_arrow(params![timestamp(since_secs * 1_000_000)])? {
         let low = column::<UInt64Array>(&batch, 0);
         let high = column::<UInt32Array>(&batch, 1);
         let start = column::<UInt32Array>(&batch, 2);
+        let kept = column::<UInt8Array>(&batch, 3);
+        let seen = column::<UInt8Array>(&batch, 4);
         for i in 0..batch.num_rows() {
             f(
                 KeyHash::from_parts(low.value(i), high.value(i)),
                 start.value(i),
+                Source::from_index(kept.value(i)),
+                seen.value(i),
             );
         }
     }

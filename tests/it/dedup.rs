@@ -242,3 +242,32 @@ fn the_window_survives_a_clean_restart() {
     );
     assert_eq!(app.count("SELECT count(*) FROM events"), 2);
 }
+
+#[test]
+fn prefer_pixel_still_replaces_after_a_restart() {
+    let app = spawn_app();
+    let site = app.app.site("shop").unwrap();
+    let settings = tally::domain::SiteSettings {
+        policy: tally::domain::DedupPolicy::PreferPixel,
+        ..site.settings.clone()
+    };
+    app.app.configure_site("shop", settings, None).unwrap();
+    app.send(json!([{"event_id": "o1", "event_name": "order.completed", "properties": {"from": "server"}}]));
+    let app = spawn_app_in(app.stop());
+    let r = app.pixel(
+        json!({"site": app.site_key, "event_id": "o1", "event_name": "order.completed",
+               "properties": {"from": "pixel"}}),
+        ORIGIN,
+    );
+    assert_eq!(r.status(), 204);
+    let rows = app.query("SELECT source, seen_server, seen_pixel, properties->>'from' FROM events");
+    assert_eq!(
+        rows,
+        vec![vec![
+            json!("pixel"),
+            json!(true),
+            json!(true),
+            json!("pixel")
+        ]]
+    );
+}
