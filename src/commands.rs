@@ -36,7 +36,13 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         command => {
             crate::telemetry::init("warn");
-            let config = Config::load(overrides)?;
+            // Commands run without a server still print snippets with the
+            // public URL the server would use.
+            let config = Config::load(Overrides {
+                listen: std::env::var("TALLY_LISTEN").ok(),
+                public_url: std::env::var("TALLY_PUBLIC_URL").ok(),
+                ..overrides
+            })?;
             let (request, print) = plan(command)?;
             let answer = dispatch(&config, request)?;
             let mut out = std::io::stdout().lock();

@@ -276,3 +276,28 @@ fn export_writes_each_format_and_ndjson_round_trips_through_import() {
         "[{\"n\":2}]\n"
     );
 }
+
+#[test]
+fn the_snippet_uses_the_public_url_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(tally_bin())
+        .args([
+            "site",
+            "add",
+            "blog",
+            "--origin",
+            "https://blog.example",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("TALLY_PUBLIC_URL", "https://stats.example.com/")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let site: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(site["snippet"]
+        .as_str()
+        .unwrap()
+        .contains(r#"src="https://stats.example.com/tally.js""#));
+}
