@@ -14,7 +14,7 @@ use crate::metrics::{Fate, Metrics};
 use crate::store::events::{self, DuplicateRow, EventRow};
 use crate::store::sql::format_timestamp;
 use crate::store::Result;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duckdb::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +25,11 @@ use tokio::sync::broadcast;
 /// Most events folded into one commit; larger groups amortise the commit
 /// (measured: 2,000 rows a commit runs ~6x faster a row than 100).
 const GROUP_EVENTS: usize = 8_192;
+
+/// After this long without requests, the writer checkpoints what it wrote,
+/// so an idle appliance keeps a short WAL (a large WAL is fine under load:
+/// see `checkpoint_threshold` in `store`).
+const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the writer waits for more requests to join a group once it has
 /// one. A commit costs milliseconds whatever its size, so a short wait for
@@ -99,7 +104,19 @@ struct Group {
 
 impl Writer {
     pub fn run(mut self, rx: Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+        let mut dirty = false;
+        loop {
+            let first = match rx.recv_timeout(IDLE_CHECKPOINT) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if std::mem::take(&mut dirty) {
+                        self.checkpoint();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            dirty = true;
             let mut jobs = vec![first];
             let mut n = jobs[0].events.len();
             let linger_until = Instant::now() + LINGER;
@@ -155,6 +172,14 @@ impl Writer {
                     let _ = reply.send(Err(IngestError::Store(e.to_string())));
                 }
             }
+        }
+    }
+
+    fn checkpoint(&self) {
+        let started = Instant::now();
+        match self.conn.execute_batch("CHECKPOINT") {
+            Ok(()) => tracing::debug!(ms = started.elapsed().as_millis() as u64, "idle checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "idle checkpoint failed"),
         }
     }
 

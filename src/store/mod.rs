@@ -61,11 +61,18 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies migrations.
     /// Extension auto-install and auto-load are off: nothing reaches the network.
+    ///
+    /// The WAL is checkpointed at 256 MB instead of DuckDB's 16 MB: under
+    /// load the default checkpointed about once a second inside a commit,
+    /// rewriting the trailing row group each time (measured: p99 latency
+    /// 190 ms → 33 ms and +20 % throughput at 4 senders). Replaying a
+    /// 143 MB WAL after kill -9 took 2 s; the writer also checkpoints when idle.
     pub fn open(path: &Path) -> Result<Store> {
         let config = Config::default()
             .access_mode(AccessMode::ReadWrite)?
             .enable_autoload_extension(false)?
-            .with("autoinstall_known_extensions", "false")?;
+            .with("autoinstall_known_extensions", "false")?
+            .with("checkpoint_threshold", "256MB")?;
         let conn = Connection::open_with_flags(path, config).map_err(|e| {
             if e.to_string().contains("lock") {
                 StoreError::Locked {
