@@ -56,8 +56,8 @@
       event_name: String(name),
       occurred_at: new Date().toISOString(),
       session_id: session(),
-      url: location.href,
-      referrer: referrer || undefined,
+      url: location.href.slice(0, 4096),
+      referrer: (referrer || '').slice(0, 4096) || undefined,
       properties: props
     }), 0);
   }

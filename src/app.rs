@@ -25,6 +25,9 @@ pub struct App {
     ingest: OnceLock<Ingest>,
     ingest_start: Mutex<()>,
     salt: Mutex<Option<(i64, String)>>,
+    /// Serializes site changes: the name check and the next id are read
+    /// before the insert, and control requests run on several threads.
+    site_changes: Mutex<()>,
 }
 
 /// A site just created: its one-time secret and the snippet for its pages.
@@ -58,6 +61,7 @@ impl App {
             ingest: OnceLock::new(),
             ingest_start: Mutex::new(()),
             salt: Mutex::new(None),
+            site_changes: Mutex::new(()),
         })
     }
 
@@ -119,6 +123,7 @@ impl App {
         let origins = normalize_origins(origins)?;
         let token = site::new_api_token();
         let key = site::new_site_key();
+        let _serial = self.site_changes.lock().unwrap_or_else(|p| p.into_inner());
         let conn = self.store.connect()?;
         let created = store::sites::insert(
             &conn,
@@ -242,6 +247,12 @@ impl SiteRegistry {
         let hash = site::hash_token(token);
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
         sites.iter().find(|s| s.token_hash_matches(&hash)).cloned()
+    }
+
+    /// Replaces every site (after a hand-written change to the table).
+    pub fn replace_all(&self, sites: Vec<Site>) {
+        *self.sites.write().unwrap_or_else(|p| p.into_inner()) =
+            sites.into_iter().map(Arc::new).collect();
     }
 
     /// Adds or replaces (by id) a site.

@@ -5,7 +5,7 @@
 
 use super::ControlError;
 use crate::app::App;
-use crate::domain::{Event, Source};
+use crate::domain::{Event, EventError, Source};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -37,13 +37,29 @@ pub fn run(app: &App, path: &Path, site: &str) -> Result<Value, ControlError> {
         deduplicated += outcome.deduplicated;
         Ok(())
     };
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line =
-            line.map_err(|e| ControlError(format!("cannot read {}: {e}", path.display())))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut reader = BufReader::new(file);
+    let mut raw = Vec::new();
+    for i in 0.. {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| ControlError(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
         }
-        match Event::parse(&line, Source::Import) {
+        // A line that is not UTF-8 is one rejected line, not the end of the import.
+        let parsed = std::str::from_utf8(&raw)
+            .map_err(|_| EventError {
+                code: "invalid_encoding",
+                message: "the line is not UTF-8".into(),
+            })
+            .map(|line| line.trim_start_matches('\u{feff}').trim());
+        let parsed = match parsed {
+            Ok("") => continue,
+            Ok(line) => Event::parse(line, Source::Import),
+            Err(e) => Err(e),
+        };
+        match parsed {
             Ok(event) => chunk.push(event),
             Err(e) => {
                 rejected += 1;

@@ -100,7 +100,12 @@ pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
             Ok(json!({"ok": true}))
         }
         Request::Sql { query, write } => {
-            let table = store::sql::run(&app.store.connect()?, &query, write)?;
+            let conn = app.store.connect()?;
+            let table = store::sql::run(&conn, &query, write)?;
+            if write {
+                // A hand-written change to `sites` takes effect at once.
+                app.sites.replace_all(store::sites::list(&conn)?);
+            }
             Ok(json!(table))
         }
         Request::Import { path, site } => import::run(app, &path, &site),

@@ -252,6 +252,14 @@ fn properties(raw: Option<Box<RawValue>>) -> Result<Option<String>, EventError> 
             "properties must be a JSON object",
         ));
     }
+    // A full parse: serde's raw values let through text DuckDB's JSON type
+    // would later refuse (e.g. a lone surrogate escape).
+    if serde_json::from_str::<serde_json::Map<String, Value>>(text).is_err() {
+        return Err(EventError::new(
+            "invalid_properties",
+            "properties is not valid JSON",
+        ));
+    }
     if text.len() > MAX_PROPERTIES_BYTES {
         return Err(EventError::new(
             "invalid_properties",
@@ -308,6 +316,10 @@ mod tests {
             (
                 r#"{"event_id":"x","event_name":"a","session_id":5}"#,
                 "invalid_session_id",
+            ),
+            (
+                r#"{"event_id":"x","event_name":"a","properties":{"s":"\ud800"}}"#,
+                "invalid_properties",
             ),
         ];
         for (json, code) in cases {

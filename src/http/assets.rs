@@ -140,7 +140,7 @@ pub fn brotli_best(data: &[u8]) -> Vec<u8> {
 
 fn mime_of(path: &str) -> &'static str {
     match path.rsplit('.').next().unwrap_or_default() {
-        "js" => "application/javascript; charset=utf-8",
+        "js" => "application/javascript",
         "css" => "text/css; charset=utf-8",
         "html" => "text/html; charset=utf-8",
         "svg" => "image/svg+xml",

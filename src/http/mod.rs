@@ -21,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/events", web::post().to(ingest::events))
         .route("/v1/pixel", web::post().to(ingest::pixel))
         .route("/tally.js", web::get().to(ops::script))
+        .route("/tally.js", web::head().to(ops::script))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/metrics", web::get().to(ops::metrics))
         .configure(dashboard::routes);

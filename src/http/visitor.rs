@@ -12,7 +12,9 @@ use sha2::Sha256;
 
 /// The visitor id of the request's client for `site`, for today.
 pub fn visitor_id(app: &App, site: &Site, req: &HttpRequest) -> Result<String, ApiError> {
-    let salt = app.daily_salt()?;
+    let salt = app.daily_salt().map_err(|e| {
+        ApiError::Unavailable(format!("the store cannot write the day's salt: {e}"))
+    })?;
     let info = req.connection_info();
     let ip = client_ip(info.realip_remote_addr().unwrap_or_default());
     let agent = req

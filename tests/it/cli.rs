@@ -301,3 +301,32 @@ fn the_snippet_uses_the_public_url_setting() {
         .unwrap()
         .contains(r#"src="https://stats.example.com/tally.js""#));
 }
+
+#[test]
+fn import_rejects_a_bad_line_alone_and_reads_past_a_bom() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let file = dir.path().join("bom.ndjson");
+    let mut bytes = "\u{feff}{\"event_id\":\"a\",\"event_name\":\"n\"}\n"
+        .as_bytes()
+        .to_vec();
+    bytes.extend_from_slice(b"{\"event_id\":\"\xff\",\"event_name\":\"n\"}\n");
+    bytes.extend_from_slice(b"{\"event_id\":\"b\",\"event_name\":\"n\"}");
+    std::fs::write(&file, bytes).unwrap();
+    let out = tally(
+        dir.path(),
+        &["import", file.to_str().unwrap(), "--site", "shop", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(answer["errors"][0]["line"], 2);
+    assert_eq!(answer["errors"][0]["code"], "invalid_encoding");
+}

@@ -80,6 +80,12 @@ fn the_pixel_script_is_gzipped_cacheable_and_within_budget() {
         br.bytes().unwrap().len() < body.len(),
         "brotli beats gzip here"
     );
+    let head = client
+        .head(format!("{}/tally.js", app.base))
+        .send()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "application/javascript");
     let plain = client.get(format!("{}/tally.js", app.base)).send().unwrap();
     assert!(plain.headers().get("content-encoding").is_none());
     assert!(plain.text().unwrap().contains("sendBeacon"));
