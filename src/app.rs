@@ -113,8 +113,23 @@ impl App {
         format!(
             "<script>window.tally=window.tally||{{q:[],track:function(){{this.q.push(arguments)}}}}</script>\n\
              <script defer src=\"{}/tally.js\" data-site=\"{site_key}\"></script>",
-            self.config.public_url
+            self.public_url()
         )
+    }
+
+    /// The configured public URL; when none is configured, the one the server
+    /// last served on (so a snippet printed with the server stopped matches).
+    pub fn public_url(&self) -> String {
+        let served = || {
+            let conn = self.store.connect().ok()?;
+            store::settings::get(&conn, store::settings::PUBLIC_URL_KEY)
+                .ok()
+                .flatten()
+        };
+        match self.config.public_url_is_default {
+            true => served().unwrap_or_else(|| self.config.public_url.clone()),
+            false => self.config.public_url.clone(),
+        }
     }
 
     /// Creates a site allowed on `origins`.

@@ -18,6 +18,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Public base URL of the appliance, used in the pixel snippet.
     pub public_url: String,
+    /// Whether `public_url` was derived from the listen address (no flag,
+    /// env or file value); then the URL the server last served on wins.
+    pub public_url_is_default: bool,
 }
 
 /// The optional TOML file (`--config`, `TALLY_CONFIG`).
@@ -72,9 +75,9 @@ impl Config {
         let data_dir = o.data_dir.or(file.data_dir).or(default_dir).context(
             "no home directory to keep data in; pass --data-dir DIR or set TALLY_DATA_DIR",
         )?;
-        let public_url = o
-            .public_url
-            .or(file.public_url)
+        let explicit = o.public_url.or(file.public_url);
+        let public_url_is_default = explicit.is_none();
+        let public_url = explicit
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
@@ -82,6 +85,7 @@ impl Config {
             listen,
             data_dir,
             public_url,
+            public_url_is_default,
         })
     }
 

@@ -16,6 +16,11 @@ pub async fn run(
 ) -> Result<()> {
     app.ingest().context("cannot start the ingest writer")?;
     ensure_password(&app)?;
+    crate::store::settings::set(
+        &app.store.connect()?,
+        crate::store::settings::PUBLIC_URL_KEY,
+        &app.config.public_url,
+    )?;
     let socket_path = app.config.socket_path();
     let socket = control::socket::bind(&socket_path)
         .with_context(|| format!("cannot bind the control socket {}", socket_path.display()))?;

@@ -4,6 +4,9 @@
 use super::Result;
 use duckdb::{params, Connection, OptionalExt};
 
+/// Key of the public URL the server last served on.
+pub const PUBLIC_URL_KEY: &str = "public_url";
+
 /// The value stored under `key`, if any.
 pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn

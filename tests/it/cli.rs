@@ -330,3 +330,32 @@ fn import_rejects_a_bad_line_alone_and_reads_past_a_bom() {
     assert_eq!(answer["errors"][0]["line"], 2);
     assert_eq!(answer["errors"][0]["code"], "invalid_encoding");
 }
+
+#[test]
+fn a_snippet_printed_with_the_server_stopped_uses_the_url_it_served_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = std::process::Command::new(tally_bin())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .env("TALLY_PUBLIC_URL", "https://stats.example.org")
+        .spawn()
+        .unwrap();
+    wait_healthy(&format!("http://127.0.0.1:{port}"));
+    std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+    let site = add_site(dir.path());
+    assert!(site["snippet"]
+        .as_str()
+        .unwrap()
+        .contains(r#"src="https://stats.example.org/tally.js""#));
+}

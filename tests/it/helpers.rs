@@ -41,6 +41,7 @@ pub fn spawn_app_in(dir: TempDir) -> TestApp {
         listen: addr.to_string(),
         data_dir: dir.path().to_owned(),
         public_url: format!("http://{addr}"),
+        public_url_is_default: false,
     };
     let clock = Arc::new(ManualClock::starting_now());
     let app = Arc::new(App::open(config, clock.clone()).unwrap());

@@ -103,7 +103,7 @@ pub async fn sites(
         .iter()
         .map(|s| json!({"name": s.name, "site_key": s.site_key, "origins": s.origins, "snippet": app.snippet(&s.site_key)}))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "sites": sites, "public_url": app.config.public_url })))
+    Ok(HttpResponse::Ok().json(json!({ "sites": sites, "public_url": app.public_url() })))
 }
 
 /// Query string of the per-site calls.
