@@ -78,12 +78,7 @@ fn a_copy_after_the_window_is_a_new_event_and_opens_a_new_window() {
 #[test]
 fn a_site_window_can_be_shortened() {
     let app = spawn_app();
-    let site = app.app.site("shop").unwrap();
-    let settings = tally::domain::SiteSettings {
-        window_secs: 600,
-        ..site.settings.clone()
-    };
-    app.app.configure_site("shop", settings, None).unwrap();
+    app.set(|s| s.window_secs = 600);
     app.send(json!([event("a", "n")]));
     app.clock.advance_secs(599);
     assert_eq!(app.send(json!([event("a", "n")]))["deduplicated"], 1);
@@ -126,12 +121,7 @@ fn first_wins_keeps_the_first_copy_and_fills_in_missing_properties() {
 #[test]
 fn merge_false_keeps_the_first_copy_untouched() {
     let app = spawn_app();
-    let site = app.app.site("shop").unwrap();
-    let settings = tally::domain::SiteSettings {
-        merge_properties: false,
-        ..site.settings.clone()
-    };
-    app.app.configure_site("shop", settings, None).unwrap();
+    app.set(|s| s.merge_properties = false);
     app.send(json!([{"event_id": "o1", "event_name": "n", "properties": {"a": 1}}]));
     app.send(json!([{"event_id": "o1", "event_name": "n", "properties": {"b": 2}}]));
     assert_eq!(
@@ -161,12 +151,7 @@ fn merges_inside_one_batch_and_across_batches_agree() {
 #[test]
 fn prefer_pixel_keeps_the_pixel_copy() {
     let app = spawn_app();
-    let site = app.app.site("shop").unwrap();
-    let settings = tally::domain::SiteSettings {
-        policy: tally::domain::DedupPolicy::PreferPixel,
-        ..site.settings.clone()
-    };
-    app.app.configure_site("shop", settings, None).unwrap();
+    app.set(|s| s.policy = tally::domain::DedupPolicy::PreferPixel);
     app.send(json!([{"event_id": "o1", "event_name": "order.completed", "properties": {"from": "server", "total": 5}}]));
     app.clock.advance_secs(120);
     let r = app.pixel(
@@ -246,12 +231,7 @@ fn the_window_survives_a_clean_restart() {
 #[test]
 fn prefer_pixel_still_replaces_after_a_restart() {
     let app = spawn_app();
-    let site = app.app.site("shop").unwrap();
-    let settings = tally::domain::SiteSettings {
-        policy: tally::domain::DedupPolicy::PreferPixel,
-        ..site.settings.clone()
-    };
-    app.app.configure_site("shop", settings, None).unwrap();
+    app.set(|s| s.policy = tally::domain::DedupPolicy::PreferPixel);
     app.send(json!([{"event_id": "o1", "event_name": "order.completed", "properties": {"from": "server"}}]));
     let app = spawn_app_in(app.stop());
     let r = app.pixel(

@@ -112,6 +112,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Changes the test site's settings, as `tally site set shop …` does.
+    pub fn set(&self, change: impl FnOnce(&mut tally::domain::SiteSettings)) {
+        let mut settings = self.app.site("shop").unwrap().settings.clone();
+        change(&mut settings);
+        self.app.configure_site("shop", settings, None).unwrap();
+    }
+
     /// Sets the dashboard password, as `tally admin set-password` does.
     pub fn set_password(&self, password: &str) {
         let hash = tally::domain::password::hash(password).unwrap();

@@ -128,12 +128,7 @@ fn over_1000_events_or_over_1_mib_is_413_and_stores_nothing() {
 #[test]
 fn the_daily_quota_answers_429_with_retry_after() {
     let app = spawn_app();
-    let site = app.app.site("shop").unwrap();
-    let settings = tally::domain::SiteSettings {
-        daily_quota: Some(3),
-        ..site.settings.clone()
-    };
-    app.app.configure_site("shop", settings, None).unwrap();
+    app.set(|s| s.daily_quota = Some(3));
     assert_eq!(
         app.send(json!([event("a", "n"), event("b", "n"), event("c", "n")]))["accepted"],
         3
