@@ -73,7 +73,7 @@ type Work = (Arc<Site>, Vec<Event>, bool);
 
 /// A kept row already in the store that this group changes.
 struct Touch {
-    window_start: u32,
+    /// The index entry before this group; `entry.first_seen` is the window start.
     entry: Entry,
     /// Sources seen, including this group's copies.
     seen: u8,
@@ -98,8 +98,10 @@ struct Group {
     row_props: Vec<u32>,
     dups: Vec<DuplicateRow>,
     touched: HashMap<KeyHash, Touch>,
-    /// Copies by source and fate, counted once the group commits.
-    counts: Vec<(Source, Fate)>,
+    /// Copies accepted and deduplicated, by [`Source::index`] of the arriving
+    /// copy; counted in the metrics once the group commits.
+    accepted: [u64; 3],
+    deduplicated: [u64; 3],
 }
 
 impl Writer {
@@ -223,10 +225,16 @@ impl Writer {
                     group.push_new(key, site, event, now_micros);
                     Fate::Accepted
                 };
-                group.counts.push((source, fate));
+                let i = usize::from(source.index());
                 match fate {
-                    Fate::Accepted => outcome.accepted += 1,
-                    _ => outcome.deduplicated += 1,
+                    Fate::Accepted => {
+                        outcome.accepted += 1;
+                        group.accepted[i] += 1;
+                    }
+                    _ => {
+                        outcome.deduplicated += 1;
+                        group.deduplicated[i] += 1;
+                    }
                 }
             }
             outcomes.push(outcome);
@@ -265,11 +273,11 @@ impl Writer {
         let must_read = !t.merges.is_empty() || t.replacement.is_some();
         if !must_read {
             if t.seen != t.entry.sources() {
-                events::update_seen(&self.conn, key, t.window_start, t.seen)?;
+                events::update_seen(&self.conn, key, t.entry.first_seen, t.seen)?;
             }
             return Ok(());
         }
-        let Some(stored) = events::load_kept(&self.conn, key, t.window_start)? else {
+        let Some(stored) = events::load_kept(&self.conn, key, t.entry.first_seen)? else {
             return Ok(()); // the row was deleted by hand: nothing to merge into
         };
         let seen = stored.seen | t.seen;
@@ -285,14 +293,14 @@ impl Writer {
                 row.properties,
                 old.into_iter().chain(t.merges.iter().map(String::as_str)),
             );
-            return events::replace_kept(&self.conn, t.window_start, &row);
+            return events::replace_kept(&self.conn, t.entry.first_seen, &row);
         }
         let props = fold(
             stored.properties.clone(),
             t.merges.iter().map(String::as_str),
         );
         if props != stored.properties || seen != stored.seen {
-            events::update_kept(&self.conn, key, t.window_start, seen, props.as_deref())?;
+            events::update_kept(&self.conn, key, t.entry.first_seen, seen, props.as_deref())?;
         }
         Ok(())
     }
@@ -301,8 +309,12 @@ impl Writer {
     fn apply(&mut self, group: Group, now_micros: i64) {
         let now = now_micros.div_euclid(1_000_000) as u32;
         let mut per_site: HashMap<&str, u64> = HashMap::new();
-        for (source, fate) in &group.counts {
-            self.metrics.count(*source, *fate, 1);
+        for source in Source::ALL {
+            let i = usize::from(source.index());
+            self.metrics
+                .count(source, Fate::Accepted, group.accepted[i]);
+            self.metrics
+                .count(source, Fate::Deduplicated, group.deduplicated[i]);
         }
         let live = self.feed.receiver_count() > 0;
         for (row, props) in group.rows.iter().zip(&group.row_props) {
@@ -323,9 +335,9 @@ impl Writer {
         for (key, t) in group.touched {
             let kept = t.replacement.as_ref().map_or(t.entry.kept(), |r| r.source);
             let entry = if t.props_known {
-                Entry::new(t.window_start, kept, t.seen, t.last_props)
+                Entry::new(t.entry.first_seen, kept, t.seen, t.last_props)
             } else {
-                Entry::without_props(t.window_start, kept, t.seen)
+                Entry::without_props(t.entry.first_seen, kept, t.seen)
             };
             self.index.insert(key, entry);
         }
@@ -397,7 +409,6 @@ impl Group {
     ) {
         let now = now_micros.div_euclid(1_000_000) as u32;
         let t = self.touched.entry(key).or_insert_with(|| Touch {
-            window_start: entry.first_seen,
             entry,
             seen: entry.sources(),
             replacement: None,
@@ -411,12 +422,12 @@ impl Group {
         if Resolution::of(
             site.settings.policy,
             kept,
-            t.window_start,
+            t.entry.first_seen,
             event.source,
             now,
         ) == Resolution::Replace
         {
-            let received = i64::from(t.window_start) * 1_000_000;
+            let received = i64::from(t.entry.first_seen) * 1_000_000;
             t.last_props = props_hash(event.properties.as_deref());
             t.props_known = true;
             // The copy dropped is the one that was kept until now.
