@@ -246,22 +246,23 @@ impl SiteRegistry {
 
     /// A site by name or public key.
     pub fn find(&self, name_or_key: &str) -> Option<Arc<Site>> {
-        self.all()
-            .into_iter()
-            .find(|s| s.name == name_or_key || s.site_key == name_or_key)
+        self.first(|s| s.name == name_or_key || s.site_key == name_or_key)
     }
 
     /// The site whose public key is `key`.
     pub fn by_key(&self, key: &str) -> Option<Arc<Site>> {
+        self.first(|s| s.site_key == key)
+    }
+
+    fn first(&self, matches: impl Fn(&Site) -> bool) -> Option<Arc<Site>> {
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
-        sites.iter().find(|s| s.site_key == key).cloned()
+        sites.iter().find(|s| matches(s)).cloned()
     }
 
     /// The site whose API token is `token` (compared in constant time).
     pub fn by_token(&self, token: &str) -> Option<Arc<Site>> {
         let hash = site::hash_token(token);
-        let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
-        sites.iter().find(|s| s.token_hash_matches(&hash)).cloned()
+        self.first(|s| s.token_hash_matches(&hash))
     }
 
     /// Replaces every site (after a hand-written change to the table).

@@ -125,7 +125,8 @@ impl From<IngestError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UnknownSite(_) | StoreError::Invalid(_) | StoreError::SiteExists(_) => {
+            StoreError::UnknownSite(_) => ApiError::bad_request("unknown_site", e.to_string()),
+            StoreError::Invalid(_) | StoreError::SiteExists(_) => {
                 ApiError::bad_request("invalid_request", e.to_string())
             }
             StoreError::Locked { .. } | StoreError::Io { .. } => {

@@ -119,9 +119,7 @@ pub struct Query {
 
 impl Query {
     fn site(&self, app: &App) -> Result<Arc<Site>, ApiError> {
-        app.sites.find(&self.site).ok_or_else(|| {
-            ApiError::bad_request("unknown_site", format!("no site named {:?}", self.site))
-        })
+        Ok(app.site(&self.site)?)
     }
 
     /// `range=24h|7d|30d` ending now, or `range=custom&from=…&to=…` (days,
