@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use tally::app::App;
 use tally::config::{Config, FileConfig, Overrides};
-use tally::domain::{KeyHash, Source, SystemClock};
-use tally::store::events::{append, DuplicateRow, EventRow};
+use tally::domain::row::{DroppedRow, EventRow, Matched, Rule};
+use tally::domain::{Event, KeyHash, Source, SystemClock};
+use tally::store::events::append;
 
 /// A tiny xorshift generator: repeatable seeds, no dependency.
 struct Rng(u64);
@@ -120,34 +121,46 @@ fn main() -> anyhow::Result<()> {
             _ => None,
         };
         if seen == Source::Pixel.bit() | Source::Server.bit() {
-            dups.push(DuplicateRow {
-                site: site.name.clone(),
+            dups.push(DroppedRow {
+                site: site.clone(),
                 event_id: id.clone(),
                 event_name: name.to_owned(),
                 source: Source::Server,
                 received_at: at + 2_000_000,
                 kept_source: Source::Pixel,
+                rule: Rule::SameKey,
+                matched: Matched::EventId,
+                filled: None,
+                revenue: None,
             });
         }
         rows.push(EventRow {
-            site: site.name.clone(),
+            site: site.clone(),
             key: KeyHash::of(site.id, name, &id),
-            event_id: id,
-            event_name: name.to_owned(),
-            source,
+            skey: None,
             seen,
             occurred_at: at,
             received_at: at,
-            session_id: Some(format!("s_{}", i / 5)),
-            visitor_id: Some(format!("{:016x}", i / 12)),
-            url: Some(format!("https://shop.example.com{page}")),
-            referrer,
-            properties: props,
+            pixel_keys: None,
+            merges: 0,
+            fingerprint: 0,
+            event: Event {
+                event_id: id,
+                event_name: name.to_owned(),
+                source,
+                occurred_at: Some(at),
+                session_id: Some(format!("s_{}", i / 5)),
+                visitor_id: Some(format!("{:016x}", i / 12)),
+                url: Some(format!("https://shop.example.com{page}")),
+                referrer,
+                properties: props,
+                user_data: None,
+                user_id: None,
+                anonymous_id: None,
+            },
         });
         if rows.len() == 200_000 || i + 1 == n {
-            conn.execute_batch("BEGIN")?;
-            append(&conn, &rows, &dups)?;
-            conn.execute_batch("COMMIT")?;
+            tally::store::transaction(&conn, |c| append(c, &rows, &dups))?;
             rows.clear();
             dups.clear();
             eprint!("\rseeded {} / {n}", i + 1);

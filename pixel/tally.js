@@ -31,17 +31,19 @@
     }
   }
 
-  // sendBeacon first; fetch with keepalive when the beacon is refused, and
-  // retries of the same body (so the same event_id) when the send fails.
+  // fetch with keepalive (it outlives the page, and its status can be read:
+  // a 5xx or 429 is retried with the same body, so the same event_id);
+  // sendBeacon only where fetch is missing.
   function send(body, attempt) {
+    function retry() {
+      if (attempt < 5) setTimeout(send, 1e3 << attempt, body, attempt + 1);
+    }
     try {
-      if (!attempt && navigator.sendBeacon(endpoint, new Blob([body], { type: 'text/plain' }))) return;
-    } catch (e) {}
-    fetch(endpoint, { method: 'POST', body: body, keepalive: true, credentials: 'omit' })
-      .then(function (r) { if (r.status > 499 || r.status == 429) throw r; })
-      .catch(function () {
-        if (attempt < 5) setTimeout(send, 1e3 << attempt, body, attempt + 1);
-      });
+      fetch(endpoint, { method: 'POST', body: body, keepalive: true, credentials: 'omit' })
+        .then(function (r) { if (r.status > 499 || r.status == 429) retry(); }, retry);
+    } catch (e) {
+      navigator.sendBeacon(endpoint, body) || retry();
+    }
   }
 
   function track(name, properties) {

@@ -5,9 +5,11 @@
 use crate::config::Config;
 use crate::domain::site::{self, InvalidInput};
 use crate::domain::{Clock, Site, SiteSettings};
+use crate::forward;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The appliance.
@@ -28,6 +30,12 @@ pub struct App {
     /// Serializes site changes: the name check and the next id are read
     /// before the insert, and control requests run on several threads.
     site_changes: Mutex<()>,
+    /// The dashboard password's generation: a change ends every session.
+    pub password_epoch: Arc<AtomicU64>,
+    /// Forwarding destinations.
+    pub destinations: Arc<forward::Registry>,
+    /// Forwarding's delivery counters.
+    pub forward_stats: forward::Stats,
 }
 
 /// A site just created: its one-time secret and the snippet for its pages.
@@ -51,7 +59,10 @@ impl App {
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         config.ensure_data_dir()?;
         let store = Store::open(&config.db_path())?;
-        let sites = SiteRegistry::new(store::sites::list(&store.connect()?)?);
+        let conn = store.connect()?;
+        let sites = SiteRegistry::new(store::sites::list(&conn)?);
+        let destinations = Arc::new(forward::Registry::new(store::outbox::destinations(&conn)?));
+        drop(conn);
         Ok(App {
             config,
             store,
@@ -62,6 +73,9 @@ impl App {
             ingest_start: Mutex::new(()),
             salt: Mutex::new(None),
             site_changes: Mutex::new(()),
+            password_epoch: Arc::default(),
+            destinations,
+            forward_stats: forward::Stats::default(),
         })
     }
 
@@ -80,6 +94,7 @@ impl App {
             &sites,
             self.clock.clone(),
             self.metrics.clone(),
+            self.destinations.clone(),
         )?;
         Ok(self.ingest.get_or_init(|| started))
     }
@@ -92,6 +107,13 @@ impl App {
         if let Err(e) = self.store.checkpoint() {
             tracing::warn!(error = %e, "checkpoint at shutdown failed");
         }
+    }
+
+    /// Stores a new dashboard password hash and ends every open session.
+    pub fn set_password_hash(&self, hash: &str) -> Result<(), StoreError> {
+        store::settings::set(&self.store.connect()?, crate::control::PASSWORD_KEY, hash)?;
+        self.password_epoch.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Today's visitor salt (UTC day), from the store on the first use of a day.

@@ -4,9 +4,13 @@
 //! printed to stdout.
 
 use crate::app::App;
-use crate::cli::{AdminCommand, Cli, Command, ExportFormat, SiteCommand, SqlFormat};
+use crate::cli::{
+    AdminCommand, Cli, Command, ExportFormat, ForwardCommand, SiteCommand, SqlFormat,
+};
 use crate::config::{Config, Overrides};
+use crate::control::forward::NewDestination;
 use crate::control::{self, client, Request, SiteChange};
+use crate::domain::forward::{Destination, Target};
 use crate::domain::SystemClock;
 use crate::store::export::Format;
 use crate::store::sql::Table;
@@ -30,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let config = Config::load(Overrides {
                 listen: args.listen,
                 public_url: args.public_url,
+                trusted_proxies: (!args.trusted_proxies.is_empty()).then_some(args.trusted_proxies),
                 ..overrides
             })?;
             serve(config)
@@ -54,6 +59,10 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn serve(config: Config) -> Result<()> {
+    match crate::http::raise_open_file_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let listener = std::net::TcpListener::bind(&config.listen).with_context(|| {
         format!(
             "cannot listen on {} (is another server using it?)",
@@ -150,6 +159,11 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
             merge,
             daily_quota,
             origins,
+            keys,
+            no_keys,
+            timezone,
+            retain,
+            revenue_property,
             json,
         }) => {
             let change = SiteChange {
@@ -158,6 +172,11 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
                 merge,
                 daily_quota,
                 origins: (!origins.is_empty()).then_some(origins),
+                keys,
+                no_keys,
+                timezone: timezone.map(|tz| tz.name().to_owned()),
+                retain_days: retain.as_deref().map(parse_days).transpose()?,
+                revenue_property,
             };
             (
                 Request::SiteSet { site, change },
@@ -168,6 +187,7 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
                 },
             )
         }
+        Command::Forward(command) => plan_forward(command)?,
         Command::Admin(AdminCommand::SetPassword) => (
             Request::SetPasswordHash {
                 hash: hash_password(&read_password()?)?,
@@ -185,11 +205,20 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
                 print_table(&table, format, out)
             }),
         ),
-        Command::Import { file, site, json } => {
+        Command::Import {
+            file,
+            site,
+            json,
+            dry_run,
+        } => {
             let path = std::fs::canonicalize(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             (
-                Request::Import { path, site },
+                Request::Import {
+                    path,
+                    site,
+                    dry_run,
+                },
                 if json {
                     print_json()
                 } else {
@@ -197,6 +226,45 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
                 },
             )
         }
+        Command::Inspect {
+            site,
+            event_id,
+            name,
+            json,
+        } => (
+            Request::Inspect {
+                site,
+                event_id,
+                name,
+            },
+            if json {
+                print_json()
+            } else {
+                Box::new(print_inspection)
+            },
+        ),
+        Command::NearMisses { site, json } => (
+            Request::NearMisses { site },
+            if json {
+                print_json()
+            } else {
+                Box::new(print_near_misses)
+            },
+        ),
+        Command::Backup { out } => (
+            Request::Backup {
+                out: absolute(&out)?,
+            },
+            Box::new(|v, out| {
+                Ok(writeln!(
+                    out,
+                    "Backed up {} events to {}. To restore: stop tally serve, copy that file to \
+                     DATA_DIR/tally.duckdb (removing any tally.duckdb.wal), start.",
+                    v["events"],
+                    text(&v["path"])
+                )?)
+            }),
+        ),
         Command::Export {
             site,
             format,
@@ -231,6 +299,135 @@ fn plan(command: Command) -> Result<(Request, Printer)> {
             )
         }
     })
+}
+
+/// The request and printer of a `tally forward` command.
+fn plan_forward(command: ForwardCommand) -> Result<(Request, Printer)> {
+    Ok(match command {
+        ForwardCommand::Add {
+            site,
+            webhook,
+            secret,
+            meta,
+            token,
+            graph_url,
+            test_event_code,
+            events,
+            settle,
+            rename,
+            max_attempts,
+            max_age,
+            json,
+        } => {
+            let target = match (webhook, meta, token) {
+                (Some(url), _, _) => Target::Webhook {
+                    url,
+                    secret: secret.unwrap_or_default(),
+                },
+                (None, Some(pixel_id), Some(token)) => Target::Meta {
+                    pixel_id,
+                    token,
+                    graph_url,
+                    test_event_code,
+                },
+                _ => bail!("give --webhook URL, or --meta PIXEL_ID with --token TOKEN"),
+            };
+            let destination = NewDestination {
+                site,
+                target,
+                events,
+                settle_secs: settle
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .unwrap_or(0),
+                rename: rename.into_iter().collect(),
+                max_attempts,
+                max_age_secs: max_age.as_deref().map(parse_duration).transpose()?,
+            };
+            (
+                Request::ForwardAdd { destination },
+                if json {
+                    print_json()
+                } else {
+                    Box::new(print_new_destination)
+                },
+            )
+        }
+        ForwardCommand::List { site, json } => (
+            Request::ForwardList { site },
+            if json {
+                print_json()
+            } else {
+                Box::new(print_destinations)
+            },
+        ),
+        ForwardCommand::Remove { id } => (
+            Request::ForwardRemove { id },
+            Box::new(|v, out| Ok(writeln!(out, "Removed destination {}.", v["removed"])?)),
+        ),
+        ForwardCommand::Retry { id } => (
+            Request::ForwardRetry { id },
+            Box::new(|v, out| {
+                Ok(writeln!(
+                    out,
+                    "Requeued {} parked events of destination {}.",
+                    v["requeued"], v["id"]
+                )?)
+            }),
+        ),
+    })
+}
+
+fn print_new_destination(v: &Value, out: &mut dyn Write) -> Result<()> {
+    let d: Destination = serde_json::from_value(v.clone())?;
+    writeln!(out, "Added destination {} for site {}.", d.id, d.site)?;
+    if let Target::Webhook { url, secret } = &d.target {
+        writeln!(out, "  webhook: {url}")?;
+        writeln!(
+            out,
+            "  secret:  {secret}   (verify X-Tally-Signature with it; shown only now)"
+        )?;
+    }
+    Ok(())
+}
+
+fn print_destinations(v: &Value, out: &mut dyn Write) -> Result<()> {
+    let listed: Vec<crate::control::forward::Listed> = serde_json::from_value(v.clone())?;
+    let columns = [
+        "id",
+        "site",
+        "kind",
+        "target",
+        "events",
+        "delivered",
+        "pending",
+        "parked",
+    ];
+    let rows = listed
+        .iter()
+        .map(|d| {
+            vec![
+                Value::from(d.id),
+                Value::from(d.site.clone()),
+                Value::from(d.kind.clone()),
+                Value::from(d.target.clone()),
+                Value::from(
+                    d.events
+                        .as_ref()
+                        .map_or("all but page.view".to_owned(), |e| e.join(" ")),
+                ),
+                Value::from(d.counts.delivered),
+                Value::from(d.counts.pending),
+                Value::from(d.counts.parked),
+            ]
+        })
+        .collect();
+    let table = Table {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+    };
+    print_table(&table, SqlFormat::Table, out)
 }
 
 fn print_json() -> Printer {
@@ -278,16 +475,128 @@ fn print_sites(v: &Value, out: &mut dyn Write) -> Result<()> {
         "policy",
         "merge_properties",
         "daily_quota",
+        "secondary_keys",
+        "timezone",
+        "retain_days",
     ];
+    let keys = |v: &Value| -> Value {
+        let pairs: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, prop)| format!("{name}={}", text(prop)))
+            .collect();
+        Value::String(pairs.join(" "))
+    };
     let rows = sites
         .iter()
-        .map(|s| columns.iter().map(|c| s[*c].clone()).collect())
+        .map(|s| {
+            columns
+                .iter()
+                .map(|c| match *c {
+                    "secondary_keys" => keys(&s[*c]),
+                    _ => s[*c].clone(),
+                })
+                .collect()
+        })
         .collect();
     let table = Table {
         columns: columns.iter().map(|c| c.to_string()).collect(),
         rows,
     };
     print_table(&table, SqlFormat::Table, out)
+}
+
+fn print_inspection(v: &Value, out: &mut dyn Write) -> Result<()> {
+    let found: crate::store::inspect::Inspection = serde_json::from_value(v.clone())?;
+    if found.events.is_empty() && found.unmatched.is_empty() {
+        writeln!(
+            out,
+            "No copy of {:?} in site {}.",
+            found.event_id, found.site
+        )?;
+        return Ok(());
+    }
+    for e in &found.events {
+        let key = e
+            .secondary_key
+            .as_ref()
+            .map(|k| format!(", secondary key {}={}", k.property, k.value))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{} {} (window from {}{}; {}; sources seen: {})",
+            e.event_name,
+            e.event_id,
+            e.window_start,
+            if e.opened == "after_window" {
+                ", a new window after the last one closed"
+            } else {
+                ""
+            },
+            key.trim_start_matches(", "),
+            e.sources_seen.join(", ")
+        )?;
+        for c in &e.copies {
+            print_copy(c, out)?;
+        }
+    }
+    if !found.unmatched.is_empty() {
+        writeln!(out, "Dropped copies whose kept row is gone:")?;
+        for c in &found.unmatched {
+            print_copy(c, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_copy(c: &crate::store::inspect::CopySeen, out: &mut dyn Write) -> Result<()> {
+    let fate = if c.kept {
+        "KEPT".to_owned()
+    } else {
+        let matched = match (&c.matched_key, &c.matched_value) {
+            (Some(k), Some(v)) => format!(" [{k}={v}]"),
+            _ => String::new(),
+        };
+        format!("dropped: {}{matched}", c.why.as_deref().unwrap_or_default())
+    };
+    let filled = c
+        .filled
+        .as_ref()
+        .map(|f| format!("; filled in {f}"))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "  {}  {:<6} {}  {fate}{filled}",
+        c.arrived, c.source, c.event_id
+    )?;
+    Ok(())
+}
+
+fn print_near_misses(v: &Value, out: &mut dyn Write) -> Result<()> {
+    let report: crate::domain::near_miss::Report = serde_json::from_value(v.clone())?;
+    let total: usize = report.kinds.iter().map(|k| k.count).sum();
+    writeln!(
+        out,
+        "{total} near-miss pairs among {} events in the window.",
+        report.events_checked
+    )?;
+    for k in report.kinds.iter().filter(|k| k.count > 0) {
+        writeln!(out, "{:?}: {} pairs", k.kind, k.count)?;
+        for p in &k.examples {
+            writeln!(
+                out,
+                "  {} {:?} ({})  ~  {} {:?} ({})",
+                p.a.event_name,
+                p.a.event_id,
+                p.a.sources.join("+"),
+                p.b.event_name,
+                p.b.event_id,
+                p.b.sources.join("+")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn print_import(v: &Value, out: &mut dyn Write) -> Result<()> {
@@ -432,6 +741,27 @@ fn parse_duration(s: &str) -> Result<u32> {
     n.checked_mul(scale).context("the duration is too long")
 }
 
+/// `--retain`: `400d`, `12w`… in whole days; `0` or `off` keeps everything.
+fn parse_days(s: &str) -> Result<u32> {
+    if s == "off" || s == "0" {
+        return Ok(0);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u32 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a retention like 400d, 12w or 0 (keep all)"))?;
+    let days = match unit {
+        "d" | "" => n,
+        "w" => n.checked_mul(7).context("the retention is too long")?,
+        "y" => n.checked_mul(365).context("the retention is too long")?,
+        _ => bail!("{s:?} is not a retention like 400d, 12w or 0 (keep all)"),
+    };
+    if days != 0 && days < 2 {
+        bail!("keep events for at least 2 days (the longest dedup window is 30 days; a shorter retention deletes only events past their window)");
+    }
+    Ok(days)
+}
+
 /// A `--from`/`--to` value in µs: a day (a `--to` day is inclusive) or RFC 3339.
 fn parse_time(s: &str, end: bool) -> Result<i64> {
     crate::domain::time::parse_day_or_instant(s, end)
@@ -480,6 +810,11 @@ mod tests {
         assert_eq!(parse_duration("90m").unwrap(), 5_400);
         assert_eq!(parse_duration("120").unwrap(), 120);
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_days("400d").unwrap(), 400);
+        assert_eq!(parse_days("2w").unwrap(), 14);
+        assert_eq!(parse_days("off").unwrap(), 0);
+        assert!(parse_days("1d").is_err());
+        assert!(parse_days("forever").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! then defaults. [`Config::resolve`] is a pure function of those inputs.
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,9 @@ pub struct Config {
     /// Whether `public_url` was derived from the listen address (no flag,
     /// env or file value); then the URL the server last served on wins.
     pub public_url_is_default: bool,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed;
+    /// from anyone else the peer address is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The optional TOML file (`--config`, `TALLY_CONFIG`).
@@ -33,6 +37,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See [`Config::public_url`].
     pub public_url: Option<String>,
+    /// See [`Config::trusted_proxies`]: addresses or CIDR ranges.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// Values given on the command line or in the environment.
@@ -46,6 +52,8 @@ pub struct Overrides {
     pub public_url: Option<String>,
     /// `--config` / `TALLY_CONFIG`.
     pub config_file: Option<PathBuf>,
+    /// `--trusted-proxy` / `TALLY_TRUSTED_PROXIES` (comma-separated).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl Config {
@@ -81,11 +89,19 @@ impl Config {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
+        let trusted_proxies = o
+            .trusted_proxies
+            .or(file.trusted_proxies)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| parse_proxy(p))
+            .collect::<Result<_>>()?;
         Ok(Config {
             listen,
             data_dir,
             public_url,
             public_url_is_default,
+            trusted_proxies,
         })
     }
 
@@ -103,6 +119,16 @@ impl Config {
     pub fn ensure_data_dir(&self) -> Result<()> {
         create_private_dir(&self.data_dir)
     }
+}
+
+/// An address (`10.0.0.1`, `::1`) or a range (`10.0.0.0/8`).
+fn parse_proxy(text: &str) -> Result<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .with_context(|| {
+            format!("trusted proxy {text:?} must be an address or a range, e.g. 127.0.0.1 or 10.0.0.0/8")
+        })
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
@@ -134,6 +160,7 @@ mod tests {
             listen: Some("0.0.0.0:9000".into()),
             data_dir: Some("/srv/file".into()),
             public_url: None,
+            trusted_proxies: Some(vec!["10.0.0.0/8".into()]),
         };
         let o = Overrides {
             data_dir: Some("/srv/flag".into()),
@@ -143,6 +170,26 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000");
         assert_eq!(c.data_dir, PathBuf::from("/srv/flag"));
         assert_eq!(c.public_url, "http://0.0.0.0:9000");
+        assert_eq!(
+            c.trusted_proxies,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let o = Overrides {
+            trusted_proxies: Some(vec!["127.0.0.1".into(), " ::1 ".into(), "fd00::/8".into()]),
+            ..Default::default()
+        };
+        let c = Config::resolve(o, FileConfig::default(), Some("/d".into())).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(c.trusted_proxies[0].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        let bad = Overrides {
+            trusted_proxies: Some(vec!["localhost".into()]),
+            ..Default::default()
+        };
+        assert!(Config::resolve(bad, FileConfig::default(), Some("/d".into())).is_err());
     }
 
     #[test]

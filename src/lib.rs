@@ -19,6 +19,10 @@
 //!   socket, so CLI commands work with or without a running server.
 //! - [`app`]: the [`app::App`] value that ties config, store, sites, ingest
 //!   and counters together; [`server`] runs it; [`commands`] is the CLI.
+//! - [`forward`]: the outbox sender that delivers each unique event to the
+//!   site's webhooks and Meta's Conversions API once.
+//! - [`retention`]: the background task that deletes events past a site's
+//!   retention.
 //!
 //! A request to `/v1/events` goes: `http::ingest` parses and authenticates →
 //! `ingest::Ingest::ingest` queues → the writer judges each copy with
@@ -34,9 +38,11 @@ pub mod config;
 pub mod control;
 pub mod dedup;
 pub mod domain;
+pub mod forward;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -6,6 +6,7 @@
 use super::ControlError;
 use crate::app::App;
 use crate::domain::{Event, EventError, Source};
+use crate::ingest::Mode;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,7 +17,8 @@ const CHUNK: usize = 1_000;
 const MAX_LISTED_ERRORS: usize = 100;
 
 /// Imports `path` into `site`; answers accepted / deduplicated / rejected.
-pub fn run(app: &App, path: &Path, site: &str) -> Result<Value, ControlError> {
+/// With `dry_run`, decides every line as the import would and stores nothing.
+pub fn run(app: &App, path: &Path, site: &str, dry_run: bool) -> Result<Value, ControlError> {
     let site = app.site(site)?;
     let file = std::fs::File::open(path)
         .map_err(|e| ControlError(format!("cannot open {}: {e}", path.display())))?;
@@ -28,8 +30,13 @@ pub fn run(app: &App, path: &Path, site: &str) -> Result<Value, ControlError> {
         if chunk.is_empty() {
             return Ok(());
         }
+        let mode = if dry_run {
+            Mode::Test { history: true }
+        } else {
+            Mode::Import
+        };
         let outcome = ingest
-            .ingest_blocking(site.clone(), std::mem::take(chunk), true)
+            .ingest_blocking(site.clone(), std::mem::take(chunk), mode)
             .map_err(|e| {
                 ControlError(format!("import stopped: {e}; lines before it are stored"))
             })?;

@@ -8,6 +8,7 @@
 //! and the CLI prints it, so the output cannot differ between the two paths.
 
 pub mod client;
+pub mod forward;
 pub mod import;
 pub mod socket;
 
@@ -38,7 +39,32 @@ pub enum Request {
     /// `tally sql`.
     Sql { query: String, write: bool },
     /// `tally import` (an absolute path the server can read).
-    Import { path: PathBuf, site: String },
+    Import {
+        path: PathBuf,
+        site: String,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// `tally inspect`.
+    Inspect {
+        site: String,
+        event_id: String,
+        name: Option<String>,
+    },
+    /// `tally near-misses`.
+    NearMisses { site: String },
+    /// `tally backup` (an absolute path).
+    Backup { out: PathBuf },
+    /// `tally forward add`.
+    ForwardAdd {
+        destination: forward::NewDestination,
+    },
+    /// `tally forward list`.
+    ForwardList { site: Option<String> },
+    /// `tally forward remove`.
+    ForwardRemove { id: u32 },
+    /// `tally forward retry`.
+    ForwardRetry { id: u32 },
     /// `tally export`.
     Export {
         site: String,
@@ -62,6 +88,21 @@ pub struct SiteChange {
     pub daily_quota: Option<u64>,
     /// New allowed origins (replacing the old ones).
     pub origins: Option<Vec<String>>,
+    /// Secondary keys to declare: (event name, property).
+    #[serde(default)]
+    pub keys: Vec<(String, String)>,
+    /// Event names whose secondary key to remove.
+    #[serde(default)]
+    pub no_keys: Vec<String>,
+    /// Time zone (IANA name).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Retention in days; `Some(0)` keeps everything.
+    #[serde(default)]
+    pub retain_days: Option<u32>,
+    /// Revenue property; an empty name restores the default rule.
+    #[serde(default)]
+    pub revenue_property: Option<String>,
 }
 
 /// A command that failed; the message says what to do.
@@ -96,7 +137,7 @@ pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
             Ok(site_json(&updated))
         }
         Request::SetPasswordHash { hash } => {
-            store::settings::set(&app.store.connect()?, PASSWORD_KEY, &hash)?;
+            app.set_password_hash(&hash)?;
             Ok(json!({"ok": true}))
         }
         Request::Sql { query, write } => {
@@ -108,7 +149,38 @@ pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
             }
             Ok(json!(table))
         }
-        Request::Import { path, site } => import::run(app, &path, &site),
+        Request::Import {
+            path,
+            site,
+            dry_run,
+        } => import::run(app, &path, &site, dry_run),
+        Request::Inspect {
+            site,
+            event_id,
+            name,
+        } => {
+            let site = app.site(&site)?;
+            let found =
+                store::inspect::lookup(&app.store.connect()?, &site, &event_id, name.as_deref())?;
+            Ok(json!(found))
+        }
+        Request::NearMisses { site } => {
+            let site = app.site(&site)?;
+            let since = app.clock.now_micros() - i64::from(site.settings.window_secs) * 1_000_000;
+            let report = store::stats::near_misses(&app.store.connect()?, &site.name, since)?;
+            Ok(json!(report))
+        }
+        Request::Backup { out } => {
+            let events = store::backup::backup(&app.store.connect()?, &out)?;
+            Ok(json!({"events": events, "path": out}))
+        }
+        Request::ForwardAdd { destination } => Ok(json!(forward::add(app, destination)?)),
+        Request::ForwardList { site } => Ok(json!(forward::list(app, site.as_deref())?)),
+        Request::ForwardRemove { id } => {
+            forward::remove(app, id)?;
+            Ok(json!({"removed": id}))
+        }
+        Request::ForwardRetry { id } => Ok(json!({"id": id, "requeued": forward::retry(app, id)?})),
         Request::Export {
             site,
             format,
@@ -147,6 +219,30 @@ fn apply_change(current: &SiteSettings, c: &SiteChange) -> Result<SiteSettings, 
     if let Some(q) = c.daily_quota {
         s.daily_quota = (q > 0).then_some(q);
     }
+    for name in &c.no_keys {
+        s.secondary_keys.remove(name);
+    }
+    for (name, property) in &c.keys {
+        if name.len() > crate::domain::event::MAX_ID_BYTES || property.is_empty() {
+            return Err(ControlError(format!(
+                "--key {name}={property}: the event name must be 1-256 bytes and the property non-empty"
+            )));
+        }
+        s.secondary_keys.insert(name.clone(), property.clone());
+    }
+    if let Some(tz) = &c.timezone {
+        s.timezone = tz.parse().map_err(|_| {
+            ControlError(format!(
+                "{tz:?} is not a time zone; use an IANA name such as Europe/Berlin"
+            ))
+        })?;
+    }
+    if let Some(days) = c.retain_days {
+        s.retain_days = (days > 0).then_some(days);
+    }
+    if let Some(p) = &c.revenue_property {
+        s.revenue_property = (!p.trim().is_empty()).then(|| p.trim().to_owned());
+    }
     Ok(s)
 }
 
@@ -159,5 +255,9 @@ fn site_json(s: &crate::domain::Site) -> Value {
         "policy": s.settings.policy.as_str(),
         "merge_properties": s.settings.merge_properties,
         "daily_quota": s.settings.daily_quota,
+        "secondary_keys": s.settings.secondary_keys,
+        "timezone": s.settings.timezone.name(),
+        "retain_days": s.settings.retain_days,
+        "revenue_property": s.settings.revenue_property,
     })
 }

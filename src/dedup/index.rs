@@ -9,34 +9,38 @@ pub const SHARDS: usize = 64;
 
 /// What the index remembers of a key: when its window opened and a compact
 /// summary of the kept row, so most duplicates need no read of the store.
+///
+/// A row with a secondary key has two entries (its id key and its
+/// secondary key) that are updated apart: either may lag behind the row.
+/// A lagging summary only ever costs a read of the row, never a wrong
+/// answer: the sources seen and the merge count only grow, the kept source
+/// only moves from server to pixel, and the writer re-reads the row before
+/// any change it would make on the summary's word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     /// Arrival of the first copy (window start), seconds since the epoch.
     pub first_seen: u32,
-    /// Packed: bits 0–2 sources seen, bits 3–4 kept source, bit 5 "properties
-    /// hash known", bits 6–31 a 26-bit hash of the last properties text
-    /// folded in.
+    /// Packed: bits 0–2 sources seen, bits 3–4 kept source, bits 5–8 the
+    /// number of property merges (saturating), bits 9–31 the fingerprint of
+    /// the last copy folded in through this key (0: unknown).
     meta: u32,
 }
 
-const PROPS_KNOWN: u32 = 1 << 5;
-const HASH_BITS: u32 = 0x03ff_ffff;
+const MERGE_SHIFT: u32 = 5;
+const MERGE_MASK: u32 = 0xf;
+const PRINT_SHIFT: u32 = 9;
+
+/// Fingerprints kept in an [`Entry`] have this many bits.
+pub const FINGERPRINT_BITS: u32 = 32 - PRINT_SHIFT;
 
 impl Entry {
-    /// An entry whose kept row's properties hash is known (written by this
-    /// process).
-    pub fn new(first_seen: u32, kept: Source, sources: u8, props_hash: u32) -> Self {
-        let meta = Self::without_props(first_seen, kept, sources).meta
-            | PROPS_KNOWN
-            | ((props_hash & HASH_BITS) << 6);
-        Self { first_seen, meta }
-    }
-
-    /// An entry rebuilt from the store: sources and kept source are read from
-    /// the row, the properties are not (a duplicate carrying properties reads
-    /// the kept row before merging).
-    pub fn without_props(first_seen: u32, kept: Source, sources: u8) -> Self {
-        let meta = u32::from(sources & 7) | (u32::from(kept.index()) << 3);
+    /// An entry; `fingerprint` 0 means "unknown" (a rebuilt entry whose
+    /// last copy was not stored).
+    pub fn new(first_seen: u32, kept: Source, sources: u8, merges: u8, fingerprint: u32) -> Self {
+        let meta = u32::from(sources & 7)
+            | (u32::from(kept.index()) << 3)
+            | (u32::from(merges).min(MERGE_MASK) << MERGE_SHIFT)
+            | (fingerprint << PRINT_SHIFT);
         Self { first_seen, meta }
     }
 
@@ -50,20 +54,14 @@ impl Entry {
         Source::from_index(((self.meta >> 3) & 3) as u8)
     }
 
-    /// Whether the properties hash is known.
-    pub fn props_known(self) -> bool {
-        self.meta & PROPS_KNOWN != 0
+    /// Property merges into the kept row so far (saturates at 15).
+    pub fn merges(self) -> u8 {
+        ((self.meta >> MERGE_SHIFT) & MERGE_MASK) as u8
     }
 
-    /// The 26-bit hash of the last properties text folded in (0 if unknown).
-    pub fn props_hash(self) -> u32 {
-        self.meta >> 6
-    }
-
-    /// Whether `props_hash` is known to be the hash of a properties text
-    /// already folded in, so a copy carrying it has nothing to add.
-    pub fn props_hash_matches(self, props_hash: u32) -> bool {
-        self.props_known() && (self.meta >> 6) == (props_hash & HASH_BITS)
+    /// The fingerprint of the last copy folded in, if known.
+    pub fn fingerprint(self) -> Option<u32> {
+        Some(self.meta >> PRINT_SHIFT).filter(|f| *f != 0)
     }
 }
 
@@ -116,6 +114,17 @@ impl KeyIndex {
     pub fn insert(&mut self, key: KeyHash, entry: Entry) {
         let s = self.shard(&key);
         self.shards[s].insert(key, entry);
+    }
+
+    /// Refreshes the entry of `key` if it still describes the window that
+    /// opened at `entry.first_seen` (a swept or reopened key is left alone).
+    pub fn refresh(&mut self, key: KeyHash, entry: Entry) {
+        let s = self.shard(&key);
+        if let Some(slot) = self.shards[s].get_mut(&key) {
+            if slot.first_seen == entry.first_seen {
+                *slot = entry;
+            }
+        }
     }
 
     /// Keeps the later window when a rebuild meets a key twice.
@@ -174,7 +183,7 @@ mod tests {
     use super::*;
 
     fn unknown(first_seen: u32) -> Entry {
-        Entry::without_props(first_seen, Source::Server, 2)
+        Entry::new(first_seen, Source::Server, 2, 0, 0)
     }
 
     fn key(i: u32) -> KeyHash {
@@ -183,18 +192,16 @@ mod tests {
 
     #[test]
     fn entry_packs_its_summary() {
-        let e = Entry::new(100, Source::Server, 0b011, 0xdead_beef);
-        assert!(e.props_known());
+        let print = (1 << FINGERPRINT_BITS) - 1;
+        let e = Entry::new(100, Source::Server, 0b011, 3, print);
         assert_eq!(e.kept(), Source::Server);
         assert_eq!(e.sources(), 0b011);
-        assert!(e.props_hash_matches(0xdead_beef));
-        assert!(!e.props_hash_matches(0xdead_beee));
-        let rebuilt = Entry::without_props(1, Source::Pixel, 0b101);
+        assert_eq!(e.merges(), 3);
+        assert_eq!(e.fingerprint(), Some(print));
+        let rebuilt = Entry::new(1, Source::Pixel, 0b101, 200, 0);
         assert_eq!((rebuilt.kept(), rebuilt.sources()), (Source::Pixel, 0b101));
-        assert!(
-            !rebuilt.props_hash_matches(0),
-            "an unknown hash matches nothing"
-        );
+        assert_eq!(rebuilt.merges(), 15, "saturates");
+        assert_eq!(rebuilt.fingerprint(), None, "unknown");
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! expiry touch a small piece at a time; a shard's load stays between 7/16 and
 //! 7/8, i.e. 24–48 bytes a key.
 
+mod copy;
+pub mod group;
 mod index;
-pub mod merge;
+pub mod props;
 mod verdict;
 
-pub use index::{Entry, KeyIndex, SHARDS};
+pub use copy::{Copy, Secondary};
+pub use group::{Decision, Group, Outcome, Touch};
+pub use index::{Entry, KeyIndex, FINGERPRINT_BITS, SHARDS};
 pub use verdict::{judge, Resolution, Verdict};

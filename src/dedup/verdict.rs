@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn window_is_half_open_from_first_arrival() {
-        let e = Entry::without_props(1_000, Source::Server, 2);
+        let e = Entry::new(1_000, Source::Server, 2, 0, 0);
         assert_eq!(judge(Some(e), 1_000, 10), Verdict::Duplicate(e));
         assert_eq!(judge(Some(e), 1_009, 10), Verdict::Duplicate(e));
         assert_eq!(judge(Some(e), 1_010, 10), Verdict::New);

@@ -23,7 +23,26 @@ impl KeyHash {
         h.update(event_name.as_bytes());
         h.update((event_id.len() as u32).to_le_bytes());
         h.update(event_id.as_bytes());
-        let d = h.finalize();
+        Self::from_digest(&h.finalize())
+    }
+
+    /// Fingerprints a secondary key: `property` = `value` of an event named
+    /// `event_name` (SPEC §3). The marker where an id's length would stand
+    /// (ids are at most 256 bytes) keeps it apart from every id key.
+    pub fn secondary(site_id: u32, event_name: &str, property: &str, value: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(site_id.to_le_bytes());
+        h.update((event_name.len() as u32).to_le_bytes());
+        h.update(event_name.as_bytes());
+        h.update(u32::MAX.to_le_bytes());
+        h.update((property.len() as u32).to_le_bytes());
+        h.update(property.as_bytes());
+        h.update((value.len() as u32).to_le_bytes());
+        h.update(value.as_bytes());
+        Self::from_digest(&h.finalize())
+    }
+
+    fn from_digest(d: &[u8]) -> Self {
         let word = |i: usize| u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
         Self([word(0), word(4), word(8)])
     }
@@ -51,6 +70,21 @@ impl Hash for KeyHash {
     }
 }
 
+/// The text of a secondary-key property: a string as it is, a number or a
+/// boolean as its JSON text (so `42` and `"42"` are the same order); `None`
+/// for a missing, empty, null, object or array value.
+pub fn secondary_value(
+    properties: &serde_json::Map<String, serde_json::Value>,
+    property: &str,
+) -> Option<String> {
+    match properties.get(property)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +93,33 @@ mod tests {
     fn parts_round_trip() {
         let k = KeyHash::of(1, "order.completed", "ord_42");
         assert_eq!(KeyHash::from_parts(k.low(), k.high()), k);
+    }
+
+    #[test]
+    fn secondary_keys_compare_values_as_text_and_never_meet_id_keys() {
+        let props = |j: &str| serde_json::from_str::<serde_json::Map<_, _>>(j).unwrap();
+        assert_eq!(
+            secondary_value(&props(r#"{"o":42}"#), "o").as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            secondary_value(&props(r#"{"o":"42"}"#), "o").as_deref(),
+            Some("42")
+        );
+        assert_eq!(secondary_value(&props(r#"{"o":""}"#), "o"), None);
+        assert_eq!(secondary_value(&props(r#"{"o":[1]}"#), "o"), None);
+        assert_eq!(secondary_value(&props(r#"{}"#), "o"), None);
+        let s = KeyHash::secondary(1, "order.completed", "order_id", "42");
+        assert_eq!(
+            s,
+            KeyHash::secondary(1, "order.completed", "order_id", "42")
+        );
+        assert_ne!(s, KeyHash::secondary(1, "order.refunded", "order_id", "42"));
+        assert_ne!(
+            s,
+            KeyHash::secondary(1, "order.completed", "order_i", "d42")
+        );
+        assert_ne!(s, KeyHash::of(1, "order.completed", "42"));
     }
 
     #[test]

@@ -3,12 +3,17 @@
 
 pub mod clock;
 pub mod event;
+pub mod forward;
 pub mod key;
+pub mod money;
+pub mod near_miss;
 pub mod password;
+pub mod personal;
+pub mod row;
 pub mod site;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use event::{Event, EventError, Source};
+pub use event::{Event, EventError, Fields, Source};
 pub use key::KeyHash;
 pub use site::{DedupPolicy, Site, SiteSettings};

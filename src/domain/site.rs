@@ -1,8 +1,10 @@
 //! A site: the unit of tenancy. Its public key goes in the pixel snippet, its
 //! secret token authenticates server-side senders, its settings steer dedup.
 
+use chrono_tz::Tz;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
 /// Default dedup window: 48 hours.
@@ -38,6 +40,10 @@ impl DedupPolicy {
     }
 }
 
+/// Property names read, in order, for an event's revenue when a site
+/// names none: the first one present counts.
+pub const DEFAULT_REVENUE_PROPERTIES: [&str; 3] = ["value", "revenue", "total"];
+
 /// Per-site settings that steer ingestion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteSettings {
@@ -49,6 +55,32 @@ pub struct SiteSettings {
     pub merge_properties: bool,
     /// Accepted events per UTC day; `None` is unlimited.
     pub daily_quota: Option<u64>,
+    /// Secondary keys: event name → the property whose value is an extra
+    /// dedup key for events of that name (SPEC §3).
+    pub secondary_keys: BTreeMap<String, String>,
+    /// The site's time zone: days, "today" and chart buckets follow it.
+    pub timezone: Tz,
+    /// Days of events to keep; older events and dropped copies are deleted.
+    /// `None` keeps everything.
+    pub retain_days: Option<u32>,
+    /// The property holding an event's revenue; `None` reads the first of
+    /// [`DEFAULT_REVENUE_PROPERTIES`]. The currency is in `currency`.
+    pub revenue_property: Option<String>,
+}
+
+impl SiteSettings {
+    /// The property declared as a secondary key for events named `event_name`.
+    pub fn secondary_key(&self, event_name: &str) -> Option<&str> {
+        self.secondary_keys.get(event_name).map(String::as_str)
+    }
+
+    /// The properties read for revenue, in order.
+    pub fn revenue_properties(&self) -> Vec<&str> {
+        match &self.revenue_property {
+            Some(p) => vec![p.as_str()],
+            None => DEFAULT_REVENUE_PROPERTIES.to_vec(),
+        }
+    }
 }
 
 impl Default for SiteSettings {
@@ -58,6 +90,10 @@ impl Default for SiteSettings {
             policy: DedupPolicy::FirstWins,
             merge_properties: true,
             daily_quota: None,
+            secondary_keys: BTreeMap::new(),
+            timezone: Tz::UTC,
+            retain_days: None,
+            revenue_property: None,
         }
     }
 }

@@ -29,9 +29,15 @@ pub enum ApiError {
     /// 404.
     #[error("not found")]
     NotFound,
+    /// 408: the body did not arrive in time; the connection is closed.
+    #[error("the request body did not arrive within the deadline")]
+    Timeout,
     /// 413: body or batch too large.
     #[error("{0}")]
     TooLarge(String),
+    /// 415: a `Content-Encoding` Tally does not read.
+    #[error("{0}")]
+    UnsupportedEncoding(String),
     /// 429: the site's daily quota is spent.
     #[error("the site's daily quota is spent")]
     QuotaExceeded {
@@ -61,13 +67,16 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The machine-readable code of the answer's body.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::Timeout => "request_timeout",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
@@ -83,7 +92,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::QuotaExceeded { .. } | ApiError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -93,6 +104,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        self.respond_with(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+    }
+}
+
+impl ApiError {
+    /// The error's answer (status, `Retry-After` and other headers, a log
+    /// line) with `body` as its JSON body: protocols that promise their
+    /// senders another error shape (Segment's, Meta's) use this.
+    pub fn respond_with(&self, body: serde_json::Value) -> HttpResponse {
         let status = self.status_code();
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
@@ -110,9 +130,13 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
+            // A body may still be trickling in: do not wait for the rest.
+            ApiError::Timeout => {
+                res.force_close();
+            }
             _ => {}
         }
-        res.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+        res.json(body)
     }
 }
 
@@ -129,10 +153,16 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_) | StoreError::SiteExists(_) => {
                 ApiError::bad_request("invalid_request", e.to_string())
             }
-            StoreError::Locked { .. } | StoreError::Io { .. } => {
+            StoreError::Locked { .. } | StoreError::Io { .. } | StoreError::NewerSchema { .. } => {
                 ApiError::Unavailable(format!("the store cannot answer: {e}"))
             }
             StoreError::Db(_) => ApiError::Internal(e.to_string()),
         }
     }
+}
+
+/// Answers a malformed query string, JSON body or path the extractors refuse
+/// as a JSON 400 like every other error (actix would answer text/plain).
+pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
+    ApiError::bad_request("invalid_request", err.to_string()).into()
 }

@@ -6,8 +6,20 @@ use crate::app::App;
 use crate::metrics::Endpoint;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+/// Registers `/healthz`, `/metrics` and `/tally.js`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let named = |path: &str, e: Endpoint| web::resource(path.to_owned()).name(e.as_str());
+    cfg.service(named("/healthz", Endpoint::Health).route(web::get().to(healthz)))
+        .service(named("/metrics", Endpoint::Metrics).route(web::get().to(metrics)))
+        .service(
+            named("/tally.js", Endpoint::Script)
+                .route(web::get().to(script))
+                .route(web::head().to(script)),
+        );
+}
+
 /// `GET /healthz`: 200 when the writer runs and the store is writable.
-pub async fn healthz(app: web::Data<App>) -> Result<HttpResponse, ApiError> {
+async fn healthz(app: web::Data<App>) -> Result<HttpResponse, ApiError> {
     let ingest = app.ingest()?;
     if ingest.is_healthy() {
         Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
@@ -19,16 +31,17 @@ pub async fn healthz(app: web::Data<App>) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /metrics`: Prometheus text.
-pub async fn metrics(app: web::Data<App>) -> HttpResponse {
-    app.metrics.request(Endpoint::Other);
+async fn metrics(app: web::Data<App>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(app.metrics.render())
+        .body(
+            app.metrics
+                .render(&app.forward_stats.render(&app.destinations)),
+        )
 }
 
 /// `GET /tally.js`: the pixel.
-pub async fn script(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    app.metrics.request(Endpoint::Script);
+async fn script(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     assets::pixel_files()
         .respond(&req, "tally.js")
         .ok_or(ApiError::NotFound)

@@ -1,17 +1,21 @@
 //! The ingest pipeline: a bounded queue in front of one writer thread that
 //! owns the write connection and the dedup index.
 //!
-//! Requests hand their parsed events to [`Ingest::submit`]; the writer drains
-//! the queue in groups, decides "new or duplicate" for each copy in memory,
-//! appends and updates in one DuckDB transaction, commits, and only then
-//! answers each request (the durable ack of SPEC §3). A full queue is
-//! refused at once ([`IngestError::QueueFull`], a 503) instead of growing.
+//! Requests hand their parsed events to [`Ingest::ingest`], which computes
+//! each copy's keys on the caller's thread ([`Copy::prepare`]) and queues
+//! them; the writer drains the queue in groups, decides "new or duplicate"
+//! for each copy in memory, appends and updates in one DuckDB transaction,
+//! commits, and only then answers each request (the durable ack of SPEC §3).
+//! A full queue is refused at once ([`IngestError::QueueFull`], a 503)
+//! instead of growing. [`Mode::Test`] jobs get the same decisions and write
+//! nothing.
 
 mod quota;
 mod writer;
 
 pub use quota::{QuotaExceeded, Quotas};
 
+use crate::dedup::{Copy, Decision};
 use crate::domain::{Clock, Event, Site};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -27,12 +31,36 @@ pub const MAX_QUEUED_EVENTS: usize = 200_000;
 const MAX_QUEUED_JOBS: usize = 4_096;
 
 /// What became of one request's events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Outcome {
     /// New unique events stored.
     pub accepted: u64,
     /// Copies of events already kept.
     pub deduplicated: u64,
+    /// Per event, what happened and why ([`Mode::Test`] only).
+    pub decisions: Option<Vec<Decision>>,
+}
+
+/// How the writer treats a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live traffic: decided against the window, stored, acknowledged.
+    Live,
+    /// A backfill: keys older than the window count too (`tally import`).
+    Import,
+    /// Test mode: decided as live traffic (or an import, with `history`)
+    /// would be, answered per event, and nothing stored or remembered.
+    Test {
+        /// Check the store's history as an import does.
+        history: bool,
+    },
+}
+
+impl Mode {
+    /// Whether keys older than the window are looked up in the store.
+    pub fn checks_history(self) -> bool {
+        matches!(self, Mode::Import | Mode::Test { history: true })
+    }
 }
 
 /// Why a request's events were not stored. Nothing of it was stored.
@@ -66,12 +94,12 @@ pub struct FeedItem {
     pub url: Option<String>,
 }
 
-/// One request's worth of events for the writer.
+/// One request's worth of copies for the writer.
 struct Job {
     site: Arc<Site>,
-    events: Vec<Event>,
-    /// Also treat keys found anywhere in the store as duplicates (`tally import`).
-    check_history: bool,
+    copies: Vec<Copy>,
+    mode: Mode,
+    queued_at: std::time::Instant,
     reply: oneshot::Sender<Result<Outcome, IngestError>>,
 }
 
@@ -93,6 +121,7 @@ impl Ingest {
         sites: &[Site],
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        destinations: Arc<crate::forward::Registry>,
     ) -> Result<Ingest, StoreError> {
         let conn = store.connect()?;
         let max_window = sites
@@ -116,6 +145,7 @@ impl Ingest {
             quotas: quotas.clone(),
             feed: feed.clone(),
             max_window,
+            destinations,
         };
         let thread = std::thread::Builder::new()
             .name("tally-writer".into())
@@ -134,13 +164,14 @@ impl Ingest {
         })
     }
 
-    /// Queues `events` of `site` for the writer; the receiver answers after
-    /// the commit. Fails at once when the queue is full.
+    /// Computes the keys of `events` of `site` and queues them for the
+    /// writer; the receiver answers after the commit. Fails at once when the
+    /// queue is full.
     fn submit(
         &self,
         site: Arc<Site>,
         events: Vec<Event>,
-        check_history: bool,
+        mode: Mode,
     ) -> Result<oneshot::Receiver<Result<Outcome, IngestError>>, IngestError> {
         let n = events.len();
         if self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED_EVENTS && n > 0 {
@@ -148,10 +179,15 @@ impl Ingest {
             return Err(IngestError::QueueFull);
         }
         let (reply, rx) = oneshot::channel();
+        let copies = events
+            .into_iter()
+            .map(|e| Copy::prepare(&site, e))
+            .collect();
         let job = Job {
             site,
-            events,
-            check_history,
+            copies,
+            mode,
+            queued_at: std::time::Instant::now(),
             reply,
         };
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,25 +205,26 @@ impl Ingest {
         Ok(rx)
     }
 
-    /// Stores `events` of `site` and waits for the commit.
+    /// Stores `events` of `site` (or, in test mode, decides them) and waits
+    /// for the commit.
     pub async fn ingest(
         &self,
         site: Arc<Site>,
         events: Vec<Event>,
+        mode: Mode,
     ) -> Result<Outcome, IngestError> {
-        let rx = self.submit(site, events, false)?;
+        let rx = self.submit(site, events, mode)?;
         rx.await.unwrap_or(Err(IngestError::Closed))
     }
 
-    /// Blocking variant for the CLI; `check_history` makes keys anywhere in
-    /// the store count as duplicates (imports and backfills).
+    /// Blocking variant for the CLI (imports and their dry runs).
     pub fn ingest_blocking(
         &self,
         site: Arc<Site>,
         events: Vec<Event>,
-        check_history: bool,
+        mode: Mode,
     ) -> Result<Outcome, IngestError> {
-        let rx = self.submit(site, events, check_history)?;
+        let rx = self.submit(site, events, mode)?;
         rx.blocking_recv().unwrap_or(Err(IngestError::Closed))
     }
 

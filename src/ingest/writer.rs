@@ -1,19 +1,24 @@
 //! The writer thread: group commit with in-memory dedup.
 //!
 //! One thread owns the write connection and the [`KeyIndex`], so decisions
-//! are made in arrival order without locks. A group's decisions are staged
-//! beside the index and folded into it only after DuckDB commits: if the
-//! commit fails, the index is as if the group never came, and every request
-//! in it gets a 503 to retry whole.
+//! are made in arrival order without locks. It is the loop and the
+//! transaction around [`crate::dedup::Group`], which makes every decision:
+//! decide each copy, read the stored rows the group must change, resolve
+//! them, append and update in one transaction, commit, and only then fold
+//! the group into the index and answer. If the commit fails, the index is
+//! as if the group never came, and every request in it gets a 503 to retry
+//! whole. Test-mode jobs run the same steps on a scratch group after the
+//! live ones and never write.
 
-use super::{FeedItem, IngestError, Job, Outcome, Quotas};
-use crate::dedup::merge::{fill_missing, props_hash};
-use crate::dedup::{judge, Entry, KeyIndex, Resolution, Verdict};
-use crate::domain::{Clock, Event, KeyHash, Site, Source};
+use super::{FeedItem, IngestError, Job, Mode, Outcome, Quotas};
+use crate::dedup::{Entry, Group, KeyIndex, Touch};
+use crate::domain::row::{EventRow, RowUpdate};
+use crate::domain::{Clock, KeyHash, Site, Source};
 use crate::metrics::{Fate, Metrics};
-use crate::store::events::{self, DuplicateRow, EventRow};
+use crate::store::events::{self, WindowRow};
+use crate::store::outbox;
 use crate::store::sql::format_timestamp;
-use crate::store::Result;
+use crate::store::{transaction, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duckdb::Connection;
 use std::collections::HashMap;
@@ -40,8 +45,12 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
     let started = Instant::now();
     let mut index = KeyIndex::default();
-    events::scan_window(conn, since_secs, |key, start, kept, seen| {
-        index.insert_latest(key, Entry::without_props(start, kept, seen))
+    events::scan_window(conn, since_secs, |r: WindowRow| {
+        let entry = Entry::new(r.start, r.kept, r.seen, r.merges, r.fingerprint);
+        index.insert_latest(r.key, entry);
+        if let Some(skey) = r.skey {
+            index.insert_latest(skey, entry);
+        }
     })?;
     let bytes_per_key = index.memory_bytes() as f64 / index.len().max(1) as f64;
     tracing::info!(
@@ -65,43 +74,8 @@ pub(super) struct Writer {
     pub feed: broadcast::Sender<Arc<FeedItem>>,
     /// Longest window of any site seen; keys older than it are swept.
     pub max_window: u32,
-}
-
-/// One request's events as the writer consumes them: site, events, and
-/// whether to look up keys in the whole store (imports).
-type Work = (Arc<Site>, Vec<Event>, bool);
-
-/// A kept row already in the store that this group changes.
-struct Touch {
-    /// The index entry before this group; `entry.first_seen` is the window start.
-    entry: Entry,
-    /// Sources seen, including this group's copies.
-    seen: u8,
-    /// A copy that replaces the kept one (`prefer_pixel`).
-    replacement: Option<EventRow>,
-    /// Properties texts to fold in, in arrival order.
-    merges: Vec<String>,
-    /// Hash of the last properties text folded in.
-    last_props: u32,
-    /// Whether `last_props` is known (else the kept row must be read to merge).
-    props_known: bool,
-    /// Whether the site fills in missing properties.
-    merge: bool,
-}
-
-/// One group's staged decisions.
-#[derive(Default)]
-struct Group {
-    rows: Vec<EventRow>,
-    row_of: HashMap<KeyHash, usize>,
-    /// Hash of the last properties text folded into each new row.
-    row_props: Vec<u32>,
-    dups: Vec<DuplicateRow>,
-    touched: HashMap<KeyHash, Touch>,
-    /// Copies accepted and deduplicated, by [`Source::index`] of the arriving
-    /// copy; counted in the metrics once the group commits.
-    accepted: [u64; 3],
-    deduplicated: [u64; 3],
+    /// Forwarding destinations: each new event one wants gets an outbox row.
+    pub destinations: Arc<crate::forward::Registry>,
 }
 
 impl Writer {
@@ -120,61 +94,37 @@ impl Writer {
             };
             dirty = true;
             let mut jobs = vec![first];
-            let mut n = jobs[0].events.len();
+            let mut n = jobs[0].copies.len();
             let linger_until = Instant::now() + LINGER;
             while n < GROUP_EVENTS {
                 match rx.recv_deadline(linger_until) {
                     Ok(job) => {
-                        n += job.events.len();
+                        n += job.copies.len();
                         jobs.push(job);
                     }
                     Err(_) => break,
                 }
             }
+            let waited = jobs[0].queued_at.elapsed().as_micros() as u64;
             for job in &jobs {
                 self.max_window = self.max_window.max(job.site.settings.window_secs);
             }
-            self.commit_group(jobs, n);
+            let (tests, live): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|j| matches!(j.mode, Mode::Test { .. }));
+            if !live.is_empty() {
+                self.commit_group(live);
+            }
+            for job in tests {
+                self.answer_test(job);
+            }
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            self.metrics
+                .set_queue(self.queued.load(Ordering::SeqCst) as u64, waited);
             let cutoff = self.clock.now_secs() - i64::from(self.max_window);
             self.index.sweep_one_shard(cutoff.max(0) as u32);
         }
         tracing::info!("writer drained its queue and stopped");
-    }
-
-    fn commit_group(&mut self, jobs: Vec<Job>, n: usize) {
-        let started = Instant::now();
-        let now_micros = self.clock.now_micros();
-        // Events move into rows; only the reply channels stay behind.
-        let (replies, work): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .map(|j| (j.reply, (j.site, j.events, j.check_history)))
-            .unzip();
-        let result = self
-            .decide(work, now_micros)
-            .and_then(|(group, outcomes)| self.write(&group).map(|()| (group, outcomes)));
-        self.queued.fetch_sub(n, Ordering::SeqCst);
-        self.metrics
-            .set_queue_depth(self.queued.load(Ordering::SeqCst) as u64);
-        match result {
-            Ok((group, outcomes)) => {
-                self.healthy.store(true, Ordering::SeqCst);
-                let rows = (group.rows.len() + group.dups.len()) as u64;
-                self.metrics
-                    .commit(started.elapsed().as_micros() as u64, rows);
-                self.apply(group, now_micros);
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                self.healthy.store(false, Ordering::SeqCst);
-                tracing::error!(error = %e, events = n, "group commit failed; answering 503");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                for reply in replies {
-                    let _ = reply.send(Err(IngestError::Store(e.to_string())));
-                }
-            }
-        }
     }
 
     fn checkpoint(&self) {
@@ -185,161 +135,150 @@ impl Writer {
         }
     }
 
-    /// Decides every copy of the group against the index and the group itself.
-    fn decide(&self, work: Vec<Work>, now_micros: i64) -> Result<(Group, Vec<Outcome>)> {
-        let now = now_micros.div_euclid(1_000_000) as u32;
-        let mut group = Group::default();
-        let mut outcomes = Vec::with_capacity(work.len());
-        for (site, events, check_history) in work {
-            let site = &site;
-            let keys: Vec<KeyHash> = events
-                .iter()
-                .map(|e| KeyHash::of(site.id, &e.event_name, &e.event_id))
-                .collect();
-            let history = if check_history {
-                let fresh: Vec<KeyHash> = keys
-                    .iter()
-                    .filter(|k| {
-                        !group.row_of.contains_key(k)
-                            && self.live_entry(&group, k, site, now).is_none()
-                    })
-                    .copied()
+    /// Decides, writes and commits live jobs; answers each after the commit.
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let now_micros = self.clock.now_micros();
+        let mut replies = Vec::with_capacity(jobs.len());
+        let result = transaction(&self.conn, |conn| {
+            let mut group = Group::new(now_micros);
+            for job in jobs {
+                let range = decide_job(
+                    conn,
+                    &self.index,
+                    &mut group,
+                    job.site,
+                    job.copies,
+                    job.mode,
+                )?;
+                replies.push((job.reply, range));
+            }
+            // Each update is written before the next touch reads: two keys
+            // of one row (id and secondary) may both reach it in a group.
+            let entries =
+                resolve_touches(conn, &mut group, now_micros, |u| events::update(conn, u))?;
+            events::append(conn, &group.rows, &group.dropped)?;
+            outbox::append(conn, &self.outbox_rows(&group), now_micros)?;
+            Ok::<_, crate::store::StoreError>((group, entries))
+        });
+        match result {
+            Ok((group, entries)) => {
+                self.healthy.store(true, Ordering::SeqCst);
+                let rows = (group.rows.len() + group.dropped.len()) as u64;
+                self.metrics
+                    .commit(started.elapsed().as_micros() as u64, rows);
+                let answers: Vec<_> = replies
+                    .into_iter()
+                    .map(|(reply, range)| (reply, group.counts(range)))
                     .collect();
-                events::existing_keys(&self.conn, &site.name, &fresh)?
-            } else {
-                Default::default()
-            };
-            let mut outcome = Outcome::default();
-            for (event, key) in events.into_iter().zip(keys) {
-                let source = event.source;
-                let fate = if let Some(&i) = group.row_of.get(&key) {
-                    group.fold_into_new_row(i, site, event, now_micros);
-                    Fate::Deduplicated
-                } else if let Some(entry) = self.live_entry(&group, &key, site, now) {
-                    group.fold_into_stored(key, entry, site, event, now_micros);
-                    Fate::Deduplicated
-                } else if let Some(&kept) = history.get(&key) {
-                    group.dups.push(dropped(site, event, now_micros, kept));
-                    Fate::Deduplicated
-                } else {
-                    group.push_new(key, site, event, now_micros);
-                    Fate::Accepted
-                };
-                let i = usize::from(source.index());
-                match fate {
-                    Fate::Accepted => {
-                        outcome.accepted += 1;
-                        group.accepted[i] += 1;
-                    }
-                    _ => {
-                        outcome.deduplicated += 1;
-                        group.deduplicated[i] += 1;
-                    }
+                // The index, quotas and counters first: whoever reads them
+                // after the answer sees this group.
+                self.apply(group, entries, now_micros);
+                for (reply, (accepted, deduplicated)) in answers {
+                    let _ = reply.send(Ok(Outcome {
+                        accepted,
+                        deduplicated,
+                        decisions: None,
+                    }));
                 }
             }
-            outcomes.push(outcome);
-        }
-        Ok((group, outcomes))
-    }
-
-    /// The index entry of `key` if its window is still open, seen through
-    /// this group's staged changes.
-    fn live_entry(&self, group: &Group, key: &KeyHash, site: &Site, now: u32) -> Option<Entry> {
-        let existing = group
-            .touched
-            .get(key)
-            .map(|t| t.entry)
-            .or_else(|| self.index.get(key));
-        match judge(existing, now, site.settings.window_secs) {
-            Verdict::Duplicate(e) => Some(e),
-            Verdict::New => None,
-        }
-    }
-
-    /// Appends, updates and commits the group in one transaction.
-    fn write(&self, group: &Group) -> Result<()> {
-        self.conn.execute_batch("BEGIN TRANSACTION")?;
-        events::append(&self.conn, &group.rows, &group.dups)?;
-        for (key, touch) in &group.touched {
-            self.update_stored(*key, touch)?;
-        }
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
-    }
-
-    /// Brings a stored kept row up to date with this group's copies. The
-    /// row is read only when the index cannot tell what to write.
-    fn update_stored(&self, key: KeyHash, t: &Touch) -> Result<()> {
-        let must_read = !t.merges.is_empty() || t.replacement.is_some();
-        if !must_read {
-            if t.seen != t.entry.sources() {
-                events::update_seen(&self.conn, key, t.entry.first_seen, t.seen)?;
+            Err(e) => {
+                self.healthy.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "group commit failed; answering 503");
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(IngestError::Store(e.to_string())));
+                }
             }
-            return Ok(());
         }
-        let Some(stored) = events::load_kept(&self.conn, key, t.entry.first_seen)? else {
-            return Ok(()); // the row was deleted by hand: nothing to merge into
-        };
-        let seen = stored.seen | t.seen;
-        if let Some(replacement) = &t.replacement {
-            let mut row = replacement.clone();
-            row.seen = seen;
-            let old = if t.merge {
-                stored.properties.as_deref()
-            } else {
-                None
-            };
-            row.properties = fold(
-                row.properties,
-                old.into_iter().chain(t.merges.iter().map(String::as_str)),
-            );
-            return events::replace_kept(&self.conn, t.entry.first_seen, &row);
-        }
-        let props = fold(
-            stored.properties.clone(),
-            t.merges.iter().map(String::as_str),
-        );
-        if props != stored.properties || seen != stored.seen {
-            events::update_kept(&self.conn, key, t.entry.first_seen, seen, props.as_deref())?;
-        }
-        Ok(())
     }
 
-    /// Folds a committed group into the index, quotas and the live feed.
-    fn apply(&mut self, group: Group, now_micros: i64) {
+    /// The outbox rows of a group: one per new event and destination that
+    /// wants it, due after the destination's settle delay.
+    fn outbox_rows<'g>(&self, group: &'g Group) -> Vec<(u32, &'g EventRow, i64)> {
+        let dests = self.destinations.all();
+        if dests.is_empty() {
+            return Vec::new();
+        }
+        group
+            .rows
+            .iter()
+            .flat_map(|row| {
+                dests
+                    .iter()
+                    .filter(|d| d.site == row.site.name && d.wants(&row.event.event_name))
+                    .map(move |d| {
+                        (
+                            d.id,
+                            row,
+                            row.received_at + i64::from(d.settle_secs) * 1_000_000,
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Test mode: the same decisions on a scratch group, reading what they
+    /// need, writing nothing and leaving the index as it is.
+    fn answer_test(&self, job: Job) {
+        let now_micros = self.clock.now_micros();
+        let answer = (|| {
+            let mut group = Group::new(now_micros);
+            let range = decide_job(
+                &self.conn,
+                &self.index,
+                &mut group,
+                job.site,
+                job.copies,
+                job.mode,
+            )?;
+            resolve_touches(&self.conn, &mut group, now_micros, |_| Ok(()))?;
+            let (accepted, deduplicated) = group.counts(range.clone());
+            Ok::<_, crate::store::StoreError>(Outcome {
+                accepted,
+                deduplicated,
+                decisions: Some(group.decisions[range].to_vec()),
+            })
+        })();
+        let _ = job
+            .reply
+            .send(answer.map_err(|e| IngestError::Store(e.to_string())));
+    }
+
+    /// Folds a committed group into the index, metrics, quotas and the live feed.
+    fn apply(&mut self, group: Group, entries: Vec<(KeyHash, Entry)>, now_micros: i64) {
         let now = now_micros.div_euclid(1_000_000) as u32;
-        let mut per_site: HashMap<&str, u64> = HashMap::new();
+        let mut counts = [[0u64; 2]; 3];
+        for d in &group.decisions {
+            let fate = usize::from(d.outcome == crate::dedup::Outcome::Duplicate);
+            counts[usize::from(d.source.index())][fate] += 1;
+        }
         for source in Source::ALL {
-            let i = usize::from(source.index());
-            self.metrics
-                .count(source, Fate::Accepted, group.accepted[i]);
-            self.metrics
-                .count(source, Fate::Deduplicated, group.deduplicated[i]);
+            let [accepted, deduplicated] = counts[usize::from(source.index())];
+            self.metrics.count(source, Fate::Accepted, accepted);
+            self.metrics.count(source, Fate::Deduplicated, deduplicated);
         }
         let live = self.feed.receiver_count() > 0;
-        for (row, props) in group.rows.iter().zip(&group.row_props) {
-            self.index
-                .insert(row.key, Entry::new(now, row.source, row.seen, *props));
-            *per_site.entry(&row.site).or_default() += 1;
+        let mut per_site: HashMap<&str, u64> = HashMap::new();
+        for row in &group.rows {
+            let entry = Entry::new(now, row.event.source, row.seen, row.merges, row.fingerprint);
+            self.index.insert(row.key, entry);
+            if let Some(skey) = row.skey {
+                self.index.insert(skey, entry);
+            }
+            *per_site.entry(&row.site.name).or_default() += 1;
             if live {
                 let _ = self.feed.send(Arc::new(FeedItem {
-                    site: row.site.clone(),
-                    event_name: row.event_name.clone(),
-                    event_id: row.event_id.clone(),
-                    source: row.source.as_str(),
+                    site: row.site.name.clone(),
+                    event_name: row.event.event_name.clone(),
+                    event_id: row.event.event_id.clone(),
+                    source: row.event.source.as_str(),
                     occurred_at: format_timestamp(row.occurred_at),
-                    url: row.url.clone(),
+                    url: row.event.url.clone(),
                 }));
             }
         }
-        for (key, t) in group.touched {
-            let kept = t.replacement.as_ref().map_or(t.entry.kept(), |r| r.source);
-            let entry = if t.props_known {
-                Entry::new(t.entry.first_seen, kept, t.seen, t.last_props)
-            } else {
-                Entry::without_props(t.entry.first_seen, kept, t.seen)
-            };
-            self.index.insert(key, entry);
+        for (key, entry) in entries {
+            self.index.refresh(key, entry);
         }
         for (site, n) in per_site {
             self.quotas.add(site, n, now_micros);
@@ -347,141 +286,58 @@ impl Writer {
     }
 }
 
-/// Fills `base` with the keys it lacks from each of `texts`, in order.
-fn fold<'a>(base: Option<String>, texts: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    texts
-        .into_iter()
-        .fold(base, |acc, text| fill_missing(acc.as_deref(), text).or(acc))
+/// Decides one job's copies into `group`; returns the range of their
+/// decisions. Imports first look up, in one query, the keys of their copies
+/// that no live window holds.
+fn decide_job(
+    conn: &Connection,
+    index: &KeyIndex,
+    group: &mut Group,
+    site: Arc<Site>,
+    copies: Vec<crate::dedup::Copy>,
+    mode: Mode,
+) -> Result<std::ops::Range<usize>> {
+    let start = group.decisions.len();
+    let history = if mode.checks_history() {
+        let fresh: Vec<KeyHash> = copies
+            .iter()
+            .flat_map(|c| group.history_keys(index, &site, c))
+            .collect();
+        events::existing_keys(conn, &site.name, &fresh)?
+    } else {
+        HashMap::new()
+    };
+    for copy in copies {
+        group.decide(index, &site, copy, &history);
+    }
+    Ok(start..group.decisions.len())
 }
 
-impl Group {
-    fn push_new(&mut self, key: KeyHash, site: &Site, event: Event, now_micros: i64) {
-        self.row_of.insert(key, self.rows.len());
-        self.row_props.push(props_hash(event.properties.as_deref()));
-        self.rows.push(row_of(key, site, event, now_micros));
-    }
-
-    /// A copy of an event first seen earlier in this same group.
-    fn fold_into_new_row(&mut self, i: usize, site: &Site, mut event: Event, now_micros: i64) {
-        let kept = &mut self.rows[i];
-        let now = now_micros.div_euclid(1_000_000) as u32;
-        let source = event.source;
-        let resolution = Resolution::of(site.settings.policy, kept.source, now, source, now);
-        if resolution == Resolution::Replace {
-            let hash = props_hash(event.properties.as_deref());
-            let mut row = row_of(kept.key, site, event, kept.received_at);
-            row.seen |= kept.seen;
-            if site.settings.merge_properties {
-                row.properties = fold(row.properties, kept.properties.as_deref());
-            }
-            let old = std::mem::replace(kept, row);
-            self.dups.push(DuplicateRow {
-                site: old.site,
-                event_id: old.event_id,
-                event_name: old.event_name,
-                source: old.source,
-                received_at: old.received_at,
-                kept_source: source,
-            });
-            self.row_props[i] = hash;
-            return;
+/// Reads the stored rows the group's touches need, works out their changes
+/// and hands each to `write`; the dropped copies join the group's. Returns
+/// the index entries to refresh after the commit.
+fn resolve_touches(
+    conn: &Connection,
+    group: &mut Group,
+    now_micros: i64,
+    mut write: impl FnMut(&RowUpdate) -> Result<()>,
+) -> Result<Vec<(KeyHash, Entry)>> {
+    group.finish_rows();
+    let now = now_micros.div_euclid(1_000_000) as u32;
+    let mut entries = Vec::new();
+    let touches: Vec<Touch> = group.take_touches();
+    for t in touches {
+        let stored = if t.needs_read(now) {
+            events::load_kept(conn, t.addr, t.entry.first_seen)?
+        } else {
+            None
+        };
+        let (mut resolved, decisions) = t.resolve(stored, now_micros, &group.decisions);
+        if let Some(u) = &resolved.update {
+            write(u)?;
         }
-        kept.seen |= source.bit();
-        if site.settings.merge_properties {
-            if let Some(text) = event.properties.take() {
-                self.row_props[i] = props_hash(Some(&text));
-                kept.properties = fold(kept.properties.take(), [text.as_str()]);
-            }
-        }
-        let kept_source = kept.source;
-        self.dups
-            .push(dropped(site, event, now_micros, kept_source));
+        group.absorb(&mut resolved, decisions);
+        entries.append(&mut resolved.entries);
     }
-
-    /// A copy of an event kept in the store, inside its window.
-    fn fold_into_stored(
-        &mut self,
-        key: KeyHash,
-        entry: Entry,
-        site: &Site,
-        mut event: Event,
-        now_micros: i64,
-    ) {
-        let now = now_micros.div_euclid(1_000_000) as u32;
-        let t = self.touched.entry(key).or_insert_with(|| Touch {
-            entry,
-            seen: entry.sources(),
-            replacement: None,
-            merges: Vec::new(),
-            last_props: entry.props_hash(),
-            props_known: entry.props_known(),
-            merge: site.settings.merge_properties,
-        });
-        t.seen |= event.source.bit();
-        let kept = t.replacement.as_ref().map_or(entry.kept(), |r| r.source);
-        if Resolution::of(
-            site.settings.policy,
-            kept,
-            t.entry.first_seen,
-            event.source,
-            now,
-        ) == Resolution::Replace
-        {
-            let received = i64::from(t.entry.first_seen) * 1_000_000;
-            t.last_props = props_hash(event.properties.as_deref());
-            t.props_known = true;
-            // The copy dropped is the one that was kept until now.
-            self.dups.push(DuplicateRow {
-                site: site.name.clone(),
-                event_id: event.event_id.clone(),
-                event_name: event.event_name.clone(),
-                source: kept,
-                received_at: received,
-                kept_source: event.source,
-            });
-            t.replacement = Some(row_of(key, site, event, received));
-            return;
-        }
-        let hash = props_hash(event.properties.as_deref());
-        if site.settings.merge_properties {
-            if let Some(text) = event.properties.take() {
-                // Equal to a text already folded in: nothing to add, no read.
-                if !(t.props_known && t.last_props == hash) {
-                    t.merges.push(text);
-                }
-                t.last_props = hash;
-                t.props_known = true;
-            }
-        }
-        self.dups.push(dropped(site, event, now_micros, kept));
-    }
-}
-
-fn row_of(key: KeyHash, site: &Site, e: Event, received_at: i64) -> EventRow {
-    EventRow {
-        site: site.name.clone(),
-        event_id: e.event_id,
-        event_name: e.event_name,
-        source: e.source,
-        seen: e.source.bit(),
-        occurred_at: e.occurred_at.unwrap_or(received_at),
-        received_at,
-        session_id: e.session_id,
-        visitor_id: e.visitor_id,
-        url: e.url,
-        referrer: e.referrer,
-        properties: e.properties,
-        key,
-    }
-}
-
-fn dropped(site: &Site, e: Event, now_micros: i64, kept_source: Source) -> DuplicateRow {
-    DuplicateRow {
-        site: site.name.clone(),
-        event_id: e.event_id,
-        event_name: e.event_name,
-        source: e.source,
-        received_at: now_micros,
-        kept_source,
-    }
+    Ok(entries)
 }

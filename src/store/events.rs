@@ -2,80 +2,23 @@
 //! dropped copies, updates of kept rows, and the scans that rebuild the dedup
 //! index and check history on import.
 //!
-//! A kept row is addressed by its key fingerprint plus its window start:
-//! windows of one key never overlap, so `received_at >= window start` picks
-//! the single row of the live window, and DuckDB's zone maps on the
-//! append-ordered `received_at` keep that lookup from scanning the table.
+//! A kept row is addressed by one of its key fingerprints (id or secondary)
+//! plus its window start: windows of one key never overlap, so
+//! `received_at >= window start` picks the single row of the live window, and
+//! DuckDB's zone maps on the append-ordered `received_at` keep that lookup
+//! from scanning the table.
 
 use super::{timestamp, Result, StoreError};
+use crate::domain::row::{DroppedRow, EventRow, Matched, RowUpdate, StoredRow};
 use crate::domain::{KeyHash, Source};
 use duckdb::arrow::array::{
-    Array, ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, UInt32Array,
-    UInt64Array, UInt8Array,
+    Array, ArrayRef, BooleanArray, Decimal128Array, StringArray, TimestampMicrosecondArray,
+    UInt32Array, UInt64Array, UInt8Array,
 };
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{params, Connection, OptionalExt};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A unique event as appended to `events`.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    /// Site name.
-    pub site: String,
-    /// Sender's id.
-    pub event_id: String,
-    /// Event name.
-    pub event_name: String,
-    /// Source of the kept copy.
-    pub source: Source,
-    /// Mask of [`Source::bit`]s that sent a copy.
-    pub seen: u8,
-    /// When it happened (µs).
-    pub occurred_at: i64,
-    /// When the first copy arrived (µs); the window start.
-    pub received_at: i64,
-    /// Session id.
-    pub session_id: Option<String>,
-    /// Visitor hash.
-    pub visitor_id: Option<String>,
-    /// Page URL.
-    pub url: Option<String>,
-    /// Referrer.
-    pub referrer: Option<String>,
-    /// Properties object, JSON text.
-    pub properties: Option<String>,
-    /// Key fingerprint.
-    pub key: KeyHash,
-}
-
-/// A dropped copy as appended to `duplicates`.
-#[derive(Debug, Clone)]
-pub struct DuplicateRow {
-    /// Site name.
-    pub site: String,
-    /// Sender's id.
-    pub event_id: String,
-    /// Event name.
-    pub event_name: String,
-    /// Who sent the dropped copy.
-    pub source: Source,
-    /// When it arrived (µs).
-    pub received_at: i64,
-    /// Source of the copy kept instead.
-    pub kept_source: Source,
-}
-
-/// What the writer needs of a kept row before merging into it.
-#[derive(Debug, Clone)]
-pub struct KeptRow {
-    /// Source of the kept copy.
-    pub source: Source,
-    /// Mask of sources seen.
-    pub seen: u8,
-    /// Properties JSON text.
-    pub properties: Option<String>,
-}
 
 fn seen_flags(seen: u8) -> [bool; 3] {
     Source::ALL.map(|s| seen & s.bit() != 0)
@@ -85,7 +28,7 @@ fn seen_flags(seen: u8) -> [bool; 3] {
 /// Rows go in as Arrow record batches: one call per 2,048 rows instead of
 /// one per value, which is what lets one writer thread keep up (measured:
 /// the per-value appender spent most of the writer's time in malloc/free).
-pub fn append(conn: &Connection, rows: &[EventRow], dups: &[DuplicateRow]) -> Result<()> {
+pub fn append(conn: &Connection, rows: &[EventRow], dups: &[DroppedRow]) -> Result<()> {
     if !rows.is_empty() {
         conn.appender("events")?
             .append_record_batch(event_batch(rows)?)?;
@@ -105,83 +48,102 @@ fn times(values: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from_iter_values(values))
 }
 
+fn u64s(values: impl Iterator<Item = Option<u64>>) -> ArrayRef {
+    Arc::new(UInt64Array::from_iter(values))
+}
+
+fn u32s(values: impl Iterator<Item = Option<u32>>) -> ArrayRef {
+    Arc::new(UInt32Array::from_iter(values))
+}
+
+/// The columns of `events`, in table order (migrations 1 and 2).
 fn event_batch(rows: &[EventRow]) -> Result<RecordBatch> {
     let seen = |s: Source| -> ArrayRef {
         Arc::new(BooleanArray::from_iter(
             rows.iter().map(|r| Some(r.seen & s.bit() != 0)),
         ))
     };
+    let text = |f: fn(&EventRow) -> Option<&str>| strings(rows.iter().map(f));
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("site", strings(rows.iter().map(|r| Some(r.site.as_str())))),
-        (
-            "event_id",
-            strings(rows.iter().map(|r| Some(r.event_id.as_str()))),
-        ),
-        (
-            "event_name",
-            strings(rows.iter().map(|r| Some(r.event_name.as_str()))),
-        ),
-        (
-            "source",
-            strings(rows.iter().map(|r| Some(r.source.as_str()))),
-        ),
+        ("site", text(|r| Some(r.site.name.as_str()))),
+        ("event_id", text(|r| Some(r.event.event_id.as_str()))),
+        ("event_name", text(|r| Some(r.event.event_name.as_str()))),
+        ("source", text(|r| Some(r.event.source.as_str()))),
         ("seen_pixel", seen(Source::Pixel)),
         ("seen_server", seen(Source::Server)),
         ("seen_import", seen(Source::Import)),
         ("occurred_at", times(rows.iter().map(|r| r.occurred_at))),
         ("received_at", times(rows.iter().map(|r| r.received_at))),
+        ("session_id", text(|r| r.event.session_id.as_deref())),
+        ("visitor_id", text(|r| r.event.visitor_id.as_deref())),
+        ("url", text(|r| r.event.url.as_deref())),
+        ("referrer", text(|r| r.event.referrer.as_deref())),
+        ("properties", text(|r| r.event.properties.as_deref())),
+        ("key_hash", u64s(rows.iter().map(|r| Some(r.key.low())))),
+        ("key_hash2", u32s(rows.iter().map(|r| Some(r.key.high())))),
+        ("user_data", text(|r| r.event.user_data.as_deref())),
+        ("user_id", text(|r| r.event.user_id.as_deref())),
+        ("anonymous_id", text(|r| r.event.anonymous_id.as_deref())),
+        ("pixel_keys", text(|r| r.pixel_keys.as_deref())),
         (
-            "session_id",
-            strings(rows.iter().map(|r| r.session_id.as_deref())),
+            "merges",
+            Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.merges))),
         ),
         (
-            "visitor_id",
-            strings(rows.iter().map(|r| r.visitor_id.as_deref())),
-        ),
-        ("url", strings(rows.iter().map(|r| r.url.as_deref()))),
-        (
-            "referrer",
-            strings(rows.iter().map(|r| r.referrer.as_deref())),
+            "skey_hash",
+            u64s(rows.iter().map(|r| r.skey.map(|k| k.low()))),
         ),
         (
-            "properties",
-            strings(rows.iter().map(|r| r.properties.as_deref())),
+            "skey_hash2",
+            u32s(rows.iter().map(|r| r.skey.map(|k| k.high()))),
         ),
         (
-            "key_hash",
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.key.low()),
-            )),
-        ),
-        (
-            "key_hash2",
-            Arc::new(UInt32Array::from_iter_values(
-                rows.iter().map(|r| r.key.high()),
-            )),
+            "fingerprint",
+            u32s(rows.iter().map(|r| Some(r.fingerprint))),
         ),
     ];
     RecordBatch::try_from_iter(columns).map_err(arrow_error)
 }
 
-fn duplicate_batch(dups: &[DuplicateRow]) -> Result<RecordBatch> {
+/// The columns of `duplicates`, in table order.
+fn duplicate_batch(dups: &[DroppedRow]) -> Result<RecordBatch> {
+    let text = |f: fn(&DroppedRow) -> Option<&str>| strings(dups.iter().map(f));
+    let revenue =
+        Decimal128Array::from_iter(dups.iter().map(|d| d.revenue.as_ref().map(|r| r.amount.0)))
+            .with_precision_and_scale(18, crate::domain::money::SCALE as i8)
+            .map_err(arrow_error)?;
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("site", strings(dups.iter().map(|d| Some(d.site.as_str())))),
-        (
-            "event_id",
-            strings(dups.iter().map(|d| Some(d.event_id.as_str()))),
-        ),
-        (
-            "event_name",
-            strings(dups.iter().map(|d| Some(d.event_name.as_str()))),
-        ),
-        (
-            "source",
-            strings(dups.iter().map(|d| Some(d.source.as_str()))),
-        ),
+        ("site", text(|d| Some(d.site.name.as_str()))),
+        ("event_id", text(|d| Some(d.event_id.as_str()))),
+        ("event_name", text(|d| Some(d.event_name.as_str()))),
+        ("source", text(|d| Some(d.source.as_str()))),
         ("received_at", times(dups.iter().map(|d| d.received_at))),
+        ("kept_source", text(|d| Some(d.kept_source.as_str()))),
+        ("rule", text(|d| Some(d.rule.as_str()))),
         (
-            "kept_source",
-            strings(dups.iter().map(|d| Some(d.kept_source.as_str()))),
+            "matched_key",
+            text(|d| match &d.matched {
+                Matched::EventId => Some("event_id"),
+                Matched::Property { name, .. } => Some(name.as_str()),
+            }),
+        ),
+        (
+            "matched_value",
+            text(|d| match &d.matched {
+                Matched::EventId => None,
+                Matched::Property { value, .. } => Some(value.as_str()),
+            }),
+        ),
+        ("filled", text(|d| d.filled.as_deref())),
+        ("revenue", Arc::new(revenue)),
+        (
+            "currency",
+            text(|d| {
+                d.revenue
+                    .as_ref()
+                    .map(|r| r.currency.as_str())
+                    .filter(|c| !c.is_empty())
+            }),
         ),
     ];
     RecordBatch::try_from_iter(columns).map_err(arrow_error)
@@ -191,121 +153,158 @@ fn arrow_error(e: duckdb::arrow::error::ArrowError) -> StoreError {
     StoreError::Invalid(format!("building a row batch: {e}"))
 }
 
-/// The kept row of `key`'s window that opened at `window_start` (seconds).
-pub fn load_kept(conn: &Connection, key: KeyHash, window_start: u32) -> Result<Option<KeptRow>> {
+/// The row of a window, found by either of its keys: the window started at
+/// `start` and windows of one key never overlap, so `received_at >= start`
+/// picks it, and the zone maps on the append-ordered `received_at` keep the
+/// lookup from scanning the table.
+const ROW_OF_KEY: &str = "received_at >= ? \
+     AND ((key_hash = ? AND key_hash2 = ?) OR (skey_hash = ? AND skey_hash2 = ?))";
+
+fn addr_params(addr: KeyHash, start: u32) -> [duckdb::types::Value; 5] {
+    [
+        timestamp(i64::from(start) * 1_000_000),
+        addr.low().into(),
+        addr.high().into(),
+        addr.low().into(),
+        addr.high().into(),
+    ]
+}
+
+/// The kept row of the window that opened at `start` (seconds) and holds
+/// `addr` as its id key or secondary key.
+pub fn load_kept(conn: &Connection, addr: KeyHash, start: u32) -> Result<Option<StoredRow>> {
+    let sql = format!(
+        "SELECT event_id, source, seen_pixel, seen_server, seen_import, properties::VARCHAR, \
+         user_data::VARCHAR, pixel_keys::VARCHAR, coalesce(merges, 0), key_hash, key_hash2, \
+         skey_hash, skey_hash2 FROM events WHERE {ROW_OF_KEY} ORDER BY received_at DESC LIMIT 1"
+    );
     let row = conn
-        .prepare_cached(
-            "SELECT source, seen_pixel, seen_server, seen_import, properties::VARCHAR FROM events \
-             WHERE received_at >= ? AND key_hash = ? AND key_hash2 = ? \
-             ORDER BY received_at DESC LIMIT 1",
-        )?
-        .query_row(
-            params![
-                timestamp(i64::from(window_start) * 1_000_000),
-                key.low(),
-                key.high()
-            ],
-            |r| {
-                let source: String = r.get(0)?;
-                let flags: [bool; 3] = [r.get(1)?, r.get(2)?, r.get(3)?];
-                Ok(KeptRow {
-                    source: Source::parse(&source).unwrap_or(Source::Server),
-                    seen: Source::ALL
-                        .iter()
-                        .zip(flags)
-                        .filter(|(_, on)| *on)
-                        .fold(0, |m, (s, _)| m | s.bit()),
-                    properties: r.get(4)?,
-                })
-            },
-        )
+        .prepare_cached(&sql)?
+        .query_row(duckdb::params_from_iter(addr_params(addr, start)), |r| {
+            let source: String = r.get(1)?;
+            let flags: [bool; 3] = [r.get(2)?, r.get(3)?, r.get(4)?];
+            let skey: (Option<u64>, Option<u32>) = (r.get(11)?, r.get(12)?);
+            Ok(StoredRow {
+                event_id: r.get(0)?,
+                source: Source::parse(&source).unwrap_or(Source::Server),
+                seen: Source::ALL
+                    .iter()
+                    .zip(flags)
+                    .filter(|(_, on)| *on)
+                    .fold(0, |m, (s, _)| m | s.bit()),
+                properties: r.get(5)?,
+                user_data: r.get(6)?,
+                pixel_keys: r.get(7)?,
+                merges: r.get(8)?,
+                key: KeyHash::from_parts(r.get(9)?, r.get(10)?),
+                skey: match skey {
+                    (Some(low), Some(high)) => Some(KeyHash::from_parts(low, high)),
+                    _ => None,
+                },
+            })
+        })
         .optional()?;
     Ok(row)
 }
 
-/// Rewrites the sources seen and properties of a kept row.
-pub fn update_kept(
-    conn: &Connection,
-    key: KeyHash,
-    window_start: u32,
-    seen: u8,
-    properties: Option<&str>,
-) -> Result<()> {
-    let [pixel, server, import] = seen_flags(seen);
-    conn.prepare_cached(
-        "UPDATE events SET seen_pixel = ?, seen_server = ?, seen_import = ?, properties = ? \
-         WHERE received_at >= ? AND key_hash = ? AND key_hash2 = ?",
-    )?
-    .execute(params![
-        pixel,
-        server,
-        import,
-        properties,
-        timestamp(i64::from(window_start) * 1_000_000),
-        key.low(),
-        key.high()
-    ])?;
+/// Applies a change worked out by [`crate::dedup::Touch::resolve`].
+pub fn update(conn: &Connection, u: &RowUpdate) -> Result<()> {
+    let [pixel, server, import] = seen_flags(u.seen);
+    let at = addr_params(u.addr, u.start);
+    match (&u.kept, &u.content) {
+        (Some((e, occurred)), content) => {
+            let c = content.as_ref();
+            let sql = format!(
+                "UPDATE events SET source = ?, seen_pixel = ?, seen_server = ?, seen_import = ?, \
+                 occurred_at = ?, session_id = ?, visitor_id = ?, url = ?, referrer = ?, \
+                 user_id = ?, anonymous_id = ?, properties = ?, user_data = ?, pixel_keys = ?, \
+                 merges = ?, fingerprint = ? WHERE {ROW_OF_KEY}"
+            );
+            let mut p: Vec<duckdb::types::Value> = vec![
+                e.source.as_str().to_owned().into(),
+                pixel.into(),
+                server.into(),
+                import.into(),
+                timestamp(*occurred),
+                e.session_id.clone().into(),
+                e.visitor_id.clone().into(),
+                e.url.clone().into(),
+                e.referrer.clone().into(),
+                e.user_id.clone().into(),
+                e.anonymous_id.clone().into(),
+                c.and_then(|c| c.properties.clone()).into(),
+                c.and_then(|c| c.user_data.clone()).into(),
+                c.and_then(|c| c.pixel_keys.clone()).into(),
+                c.map_or(0, |c| c.merges).into(),
+                c.map_or(0, |c| c.fingerprint).into(),
+            ];
+            p.extend(at);
+            conn.prepare_cached(&sql)?
+                .execute(duckdb::params_from_iter(p))?;
+        }
+        (None, Some(c)) => {
+            let sql = format!(
+                "UPDATE events SET seen_pixel = seen_pixel OR ?, seen_server = seen_server OR ?, \
+                 seen_import = seen_import OR ?, properties = ?, user_data = ?, pixel_keys = ?, \
+                 merges = ?, fingerprint = ? WHERE {ROW_OF_KEY}"
+            );
+            let mut p: Vec<duckdb::types::Value> = vec![
+                pixel.into(),
+                server.into(),
+                import.into(),
+                c.properties.clone().into(),
+                c.user_data.clone().into(),
+                c.pixel_keys.clone().into(),
+                c.merges.into(),
+                c.fingerprint.into(),
+            ];
+            p.extend(at);
+            conn.prepare_cached(&sql)?
+                .execute(duckdb::params_from_iter(p))?;
+        }
+        (None, None) => {
+            let sql = format!(
+                "UPDATE events SET seen_pixel = seen_pixel OR ?, seen_server = seen_server OR ?, \
+                 seen_import = seen_import OR ? WHERE {ROW_OF_KEY}"
+            );
+            let mut p: Vec<duckdb::types::Value> = vec![pixel.into(), server.into(), import.into()];
+            p.extend(at);
+            conn.prepare_cached(&sql)?
+                .execute(duckdb::params_from_iter(p))?;
+        }
+    }
     Ok(())
 }
 
-/// Rewrites only the sources seen of a kept row.
-pub fn update_seen(conn: &Connection, key: KeyHash, window_start: u32, seen: u8) -> Result<()> {
-    let [pixel, server, import] = seen_flags(seen);
-    conn.prepare_cached(
-        "UPDATE events SET seen_pixel = ?, seen_server = ?, seen_import = ? \
-         WHERE received_at >= ? AND key_hash = ? AND key_hash2 = ?",
-    )?
-    .execute(params![
-        pixel,
-        server,
-        import,
-        timestamp(i64::from(window_start) * 1_000_000),
-        key.low(),
-        key.high()
-    ])?;
-    Ok(())
+/// One event's keys and summary, as a restart rebuilds the index from them.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowRow {
+    /// The id key.
+    pub key: KeyHash,
+    /// The secondary key.
+    pub skey: Option<KeyHash>,
+    /// Window start, seconds.
+    pub start: u32,
+    /// Source of the kept copy.
+    pub kept: Source,
+    /// Mask of sources seen.
+    pub seen: u8,
+    /// Folds so far.
+    pub merges: u8,
+    /// Fingerprint of the last copy folded in (0: unknown).
+    pub fingerprint: u32,
 }
 
-/// Replaces the kept copy of a row with another copy (the `prefer_pixel`
-/// policy); the window start (`received_at`) stays.
-pub fn replace_kept(conn: &Connection, window_start: u32, row: &EventRow) -> Result<()> {
-    let [pixel, server, import] = seen_flags(row.seen);
-    conn.prepare_cached(
-        "UPDATE events SET source = ?, seen_pixel = ?, seen_server = ?, seen_import = ?, \
-         occurred_at = ?, session_id = ?, visitor_id = ?, url = ?, referrer = ?, properties = ? \
-         WHERE received_at >= ? AND key_hash = ? AND key_hash2 = ?",
-    )?
-    .execute(params![
-        row.source.as_str(),
-        pixel,
-        server,
-        import,
-        timestamp(row.occurred_at),
-        row.session_id,
-        row.visitor_id,
-        row.url,
-        row.referrer,
-        row.properties,
-        timestamp(i64::from(window_start) * 1_000_000),
-        row.key.low(),
-        row.key.high()
-    ])?;
-    Ok(())
-}
-
-/// Calls `f(key, window_start_secs, kept_source, sources_seen)` for every
-/// event that arrived at or after `since_secs`. Reads the fingerprint
-/// columns and three small computed integers in Arrow batches, never the key
-/// strings: this is what keeps a 10M-key restart within seconds.
-pub fn scan_window(
-    conn: &Connection,
-    since_secs: i64,
-    mut f: impl FnMut(KeyHash, u32, Source, u8),
-) -> Result<()> {
+/// Calls `f` for every event that arrived at or after `since_secs`.
+/// Reads the fingerprint columns and small computed integers in Arrow
+/// batches, never the key strings: this is what keeps a 10M-key restart
+/// within seconds.
+pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(WindowRow)) -> Result<()> {
     let mut stmt = conn.prepare(
         "SELECT key_hash, key_hash2, (epoch_ms(received_at) // 1000)::UINTEGER, \
          (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, \
-         (seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT \
+         (seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT, \
+         coalesce(merges, 0)::UTINYINT, coalesce(fingerprint, 0)::UINTEGER, skey_hash, skey_hash2 \
          FROM events WHERE received_at >= ?",
     )?;
     for batch in stmt.query_arrow(params![timestamp(since_secs * 1_000_000)])? {
@@ -314,13 +313,21 @@ pub fn scan_window(
         let start = column::<UInt32Array>(&batch, 2);
         let kept = column::<UInt8Array>(&batch, 3);
         let seen = column::<UInt8Array>(&batch, 4);
+        let merges = column::<UInt8Array>(&batch, 5);
+        let print = column::<UInt32Array>(&batch, 6);
+        let slow = column::<UInt64Array>(&batch, 7);
+        let shigh = column::<UInt32Array>(&batch, 8);
         for i in 0..batch.num_rows() {
-            f(
-                KeyHash::from_parts(low.value(i), high.value(i)),
-                start.value(i),
-                Source::from_index(kept.value(i)),
-                seen.value(i),
-            );
+            f(WindowRow {
+                key: KeyHash::from_parts(low.value(i), high.value(i)),
+                skey: (!slow.is_null(i) && !shigh.is_null(i))
+                    .then(|| KeyHash::from_parts(slow.value(i), shigh.value(i))),
+                start: start.value(i),
+                kept: Source::from_index(kept.value(i)),
+                seen: seen.value(i),
+                merges: merges.value(i),
+                fingerprint: print.value(i),
+            });
         }
     }
     Ok(())
@@ -334,14 +341,15 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
         .expect("scan_window selects fixed column types")
 }
 
-/// Which of `keys` have any row in `events`, however old (for `tally
-/// import`), with the source of a kept copy.
+/// Which of `keys` (id or secondary keys) have any row in `events`, however
+/// old (for `tally import`), with the source of a kept copy.
 pub fn existing_keys(
     conn: &Connection,
     site: &str,
     keys: &[KeyHash],
 ) -> Result<HashMap<KeyHash, Source>> {
     let mut found = HashMap::new();
+    let wanted: std::collections::HashSet<KeyHash> = keys.iter().copied().collect();
     for chunk in keys.chunks(2_000) {
         // The list holds integers we formatted ourselves: no injection.
         let list = chunk
@@ -350,19 +358,28 @@ pub fn existing_keys(
             .collect::<Vec<_>>()
             .join(",");
         let mut stmt = conn.prepare(&format!(
-            "SELECT key_hash, key_hash2, any_value(source) FROM events \
-             WHERE site = ? AND key_hash IN ({list}) GROUP BY ALL"
+            "SELECT key_hash, key_hash2, skey_hash, skey_hash2, source FROM events \
+             WHERE site = ? AND (key_hash IN ({list}) OR skey_hash IN ({list}))"
         ))?;
         let rows = stmt.query_map([site], |r| {
-            let source: String = r.get(2)?;
+            let source: String = r.get(4)?;
+            let skey: (Option<u64>, Option<u32>) = (r.get(2)?, r.get(3)?);
             Ok((
                 KeyHash::from_parts(r.get(0)?, r.get(1)?),
+                match skey {
+                    (Some(l), Some(h)) => Some(KeyHash::from_parts(l, h)),
+                    _ => None,
+                },
                 Source::parse(&source).unwrap_or(Source::Import),
             ))
         })?;
         for row in rows {
-            let (key, source) = row?;
-            found.insert(key, source);
+            let (key, skey, source) = row?;
+            for k in std::iter::once(key).chain(skey) {
+                if wanted.contains(&k) {
+                    found.insert(k, source);
+                }
+            }
         }
     }
     Ok(found)

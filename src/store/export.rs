@@ -19,10 +19,12 @@ pub enum Format {
 }
 
 const TABLE_COLUMNS: &str = "site, event_id, event_name, source, seen_pixel, seen_server, \
-    seen_import, occurred_at, received_at, session_id, visitor_id, url, referrer, properties";
+    seen_import, occurred_at, received_at, session_id, visitor_id, url, referrer, properties, \
+    user_data, user_id, anonymous_id";
 
 const EVENT_SHAPE: &str = "event_id, event_name, source, \
-    strftime(occurred_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS occurred_at, session_id, url, referrer, properties";
+    strftime(occurred_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS occurred_at, session_id, url, referrer, properties, \
+    user_data, user_id, anonymous_id";
 
 /// Writes `site`'s unique events with `occurred_at` in `[from, to)` (µs) to
 /// `out`; returns the number of rows written.

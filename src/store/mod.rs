@@ -5,8 +5,12 @@
 //! file read-write; inside it, every user of the store takes its own
 //! connection from [`Store::connect`], and the ingest writer owns one of them.
 
+pub mod backup;
 pub mod events;
 pub mod export;
+pub mod guard;
+pub mod inspect;
+pub mod outbox;
 pub mod salts;
 pub mod schema;
 pub mod settings;
@@ -33,6 +37,14 @@ pub enum StoreError {
     /// A site name that is already taken.
     #[error("a site named {0:?} already exists")]
     SiteExists(String),
+    /// The file was written by a newer Tally.
+    #[error("the store is at schema version {found}, newer than this tally knows ({known}); run the newer tally, or restore a backup made by this one")]
+    NewerSchema {
+        /// The file's version.
+        found: i64,
+        /// The newest version this build knows.
+        known: i64,
+    },
     /// Input the store refuses (bad SQL, bad setting).
     #[error("{0}")]
     Invalid(String),
@@ -108,22 +120,22 @@ impl Store {
 }
 
 /// Runs `f` in a transaction on `conn`: committed if it succeeds, rolled
-/// back if it fails.
-pub fn transaction<T>(
+/// back if it (or the commit) fails; the first error is the one returned.
+pub fn transaction<T, E: From<duckdb::Error>>(
     conn: &Connection,
-    f: impl FnOnce(&Connection) -> duckdb::Result<T>,
-) -> Result<T> {
+    f: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     conn.execute_batch("BEGIN TRANSACTION")?;
-    match f(conn) {
-        Ok(value) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(value)
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK")?;
-            Err(e.into())
-        }
+    let result = f(conn).and_then(|value| {
+        conn.execute_batch("COMMIT")?;
+        Ok(value)
+    });
+    if result.is_err() {
+        // Nothing to undo when the commit itself failed and ended the
+        // transaction; the error that matters is the one above.
+        let _ = conn.execute_batch("ROLLBACK");
     }
+    result
 }
 
 /// Microseconds since the epoch as a DuckDB `TIMESTAMP` value.

@@ -60,6 +60,53 @@ pub const MIGRATIONS: &[&str] = &[
         salt VARCHAR NOT NULL
     );
     ",
+    // 2: secondary keys, personal data, drop-in senders' user ids, the
+    // trust and merge bounds, why each copy was dropped and the revenue it
+    // carried, and per-site time zone, retention and revenue rule.
+    "
+    ALTER TABLE events ADD COLUMN user_data JSON;
+    ALTER TABLE events ADD COLUMN user_id VARCHAR;
+    ALTER TABLE events ADD COLUMN anonymous_id VARCHAR;
+    ALTER TABLE events ADD COLUMN pixel_keys JSON;
+    ALTER TABLE events ADD COLUMN merges UTINYINT DEFAULT 0;
+    ALTER TABLE events ADD COLUMN skey_hash UBIGINT;
+    ALTER TABLE events ADD COLUMN skey_hash2 UINTEGER;
+    ALTER TABLE events ADD COLUMN fingerprint UINTEGER DEFAULT 0;
+    ALTER TABLE duplicates ADD COLUMN rule VARCHAR DEFAULT 'same_key';
+    ALTER TABLE duplicates ADD COLUMN matched_key VARCHAR DEFAULT 'event_id';
+    ALTER TABLE duplicates ADD COLUMN matched_value VARCHAR;
+    ALTER TABLE duplicates ADD COLUMN filled JSON;
+    ALTER TABLE duplicates ADD COLUMN revenue DECIMAL(18,4);
+    ALTER TABLE duplicates ADD COLUMN currency VARCHAR;
+    ALTER TABLE sites ADD COLUMN secondary_keys JSON;
+    ALTER TABLE sites ADD COLUMN timezone VARCHAR DEFAULT 'UTC';
+    ALTER TABLE sites ADD COLUMN retain_days INTEGER;
+    ALTER TABLE sites ADD COLUMN revenue_property VARCHAR;
+    ",
+    // 3: forwarding: destinations and the transactional outbox.
+    "
+    CREATE TABLE destinations (
+        dest_id    INTEGER   NOT NULL,
+        site       VARCHAR   NOT NULL,
+        config     JSON      NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE outbox (
+        dest_id      INTEGER   NOT NULL,
+        site         VARCHAR   NOT NULL,
+        event_id     VARCHAR   NOT NULL,
+        event_name   VARCHAR   NOT NULL,
+        key_hash     UBIGINT   NOT NULL,
+        key_hash2    UINTEGER  NOT NULL,
+        window_start TIMESTAMP NOT NULL,
+        created_at   TIMESTAMP NOT NULL,
+        due_at       TIMESTAMP NOT NULL,
+        attempts     INTEGER   NOT NULL DEFAULT 0,
+        state        VARCHAR   NOT NULL DEFAULT 'pending',
+        last_error   VARCHAR,
+        delivered_at TIMESTAMP
+    );
+    ",
 ];
 
 /// Brings the schema up to the newest version.
@@ -72,6 +119,12 @@ pub fn migrate(conn: &Connection) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
+    if current > MIGRATIONS.len() as i64 {
+        return Err(super::StoreError::NewerSchema {
+            found: current,
+            known: MIGRATIONS.len() as i64,
+        });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         super::transaction(conn, |c| {
@@ -105,5 +158,15 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn.execute_batch("INSERT INTO schema_version VALUES (999, now()::TIMESTAMP)")
+            .unwrap();
+        let err = migrate(&conn).unwrap_err().to_string();
+        assert!(err.contains("999") && err.contains("newer"), "{err}");
     }
 }

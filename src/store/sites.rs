@@ -5,12 +5,16 @@ use crate::domain::site::{DedupPolicy, Site, SiteSettings};
 use duckdb::{params, Connection, Row};
 
 const COLUMNS: &str = "site_id, name, site_key, token_hash, array_to_string(origins, ' '), \
-                       window_secs, policy, merge_properties, daily_quota";
+                       window_secs, policy, merge_properties, daily_quota, secondary_keys::VARCHAR, \
+                       timezone, retain_days, revenue_property";
 
 fn from_row(r: &Row<'_>) -> duckdb::Result<Site> {
     let origins: String = r.get(4)?;
     let policy: String = r.get(6)?;
     let quota: Option<i64> = r.get(8)?;
+    let keys: Option<String> = r.get(9)?;
+    let timezone: Option<String> = r.get(10)?;
+    let retain: Option<i64> = r.get(11)?;
     Ok(Site {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -22,6 +26,14 @@ fn from_row(r: &Row<'_>) -> duckdb::Result<Site> {
             policy: DedupPolicy::parse(&policy).unwrap_or_default(),
             merge_properties: r.get(7)?,
             daily_quota: quota.map(|q| q.max(0) as u64),
+            secondary_keys: keys
+                .and_then(|k| serde_json::from_str(&k).ok())
+                .unwrap_or_default(),
+            timezone: timezone
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(chrono_tz::Tz::UTC),
+            retain_days: retain.filter(|d| *d > 0).map(|d| d as u32),
+            revenue_property: r.get(12)?,
         },
     })
 }
@@ -84,13 +96,18 @@ pub fn set_token_hash(conn: &Connection, site_id: u32, token_hash: &str) -> Resu
 /// Replaces a site's settings.
 pub fn set_settings(conn: &Connection, site_id: u32, s: &SiteSettings) -> Result<()> {
     conn.execute(
-        "UPDATE sites SET window_secs = ?, policy = ?, merge_properties = ?, daily_quota = ? \
-         WHERE site_id = ?",
+        "UPDATE sites SET window_secs = ?, policy = ?, merge_properties = ?, daily_quota = ?, \
+         secondary_keys = ?, timezone = ?, retain_days = ?, revenue_property = ? WHERE site_id = ?",
         params![
             s.window_secs,
             s.policy.as_str(),
             s.merge_properties,
             s.daily_quota.map(|q| q as i64),
+            (!s.secondary_keys.is_empty())
+                .then(|| serde_json::to_string(&s.secondary_keys).unwrap_or_default()),
+            s.timezone.name(),
+            s.retain_days,
+            s.revenue_property,
             site_id
         ],
     )?;

@@ -1,7 +1,9 @@
 //! `tally sql`: one statement against the store, read-only unless asked.
 //!
-//! Read-only queries run inside `BEGIN TRANSACTION READ ONLY`, so DuckDB
-//! itself refuses writes; the transaction is rolled back either way.
+//! [`super::guard`] checks the text first (one statement; without `--write`
+//! a read of the store's own tables only). Read-only queries then run inside
+//! `BEGIN TRANSACTION READ ONLY`, so DuckDB itself refuses writes too; the
+//! transaction is rolled back either way.
 
 use super::{Result, StoreError};
 use duckdb::types::{TimeUnit, Value};
@@ -20,6 +22,7 @@ pub struct Table {
 
 /// Runs one SQL statement; with `write == false` DuckDB refuses any change.
 pub fn run(conn: &Connection, query: &str, write: bool) -> Result<Table> {
+    super::guard::check(conn, query, write)?;
     let begin = if write {
         "BEGIN TRANSACTION"
     } else {

@@ -243,3 +243,29 @@ pub fn recent(conn: &Connection, site: &str, limit: u32) -> Result<Vec<Recent>> 
         .collect::<duckdb::Result<Vec<_>>>()?;
     Ok(rows)
 }
+
+/// Most events of a window the near-miss report reads (the newest).
+pub const NEAR_MISS_LIMIT: u32 = 1_000_000;
+
+/// The near-miss report over `site`'s events that arrived since `since`.
+pub fn near_misses(
+    conn: &Connection,
+    site: &str,
+    since: i64,
+) -> Result<crate::domain::near_miss::Report> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_name, event_id, \
+         (seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT \
+         FROM events WHERE site = ? AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
+    )?;
+    let rows = stmt
+        .query_map(params![site, timestamp(since), NEAR_MISS_LIMIT], |r| {
+            Ok(crate::domain::near_miss::Seen {
+                event_name: r.get(0)?,
+                event_id: r.get(1)?,
+                sources: r.get(2)?,
+            })
+        })?
+        .collect::<duckdb::Result<Vec<_>>>()?;
+    Ok(crate::domain::near_miss::find(&rows))
+}

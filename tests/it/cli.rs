@@ -196,6 +196,7 @@ fn import_finds_keys_older_than_the_window() {
         tally::control::Request::Import {
             path: file,
             site: "shop".into(),
+            dry_run: false,
         },
     )
     .unwrap();
@@ -271,8 +272,10 @@ fn export_writes_each_format_and_ndjson_round_trips_through_import() {
         "SELECT count(*) AS n FROM read_parquet('{}')",
         parquet.display()
     );
+    // Reading a file is not a read of the store: only --write may.
+    assert!(!tally(dir.path(), &["sql", &q]).status.success());
     assert_eq!(
-        tally_ok(dir.path(), &["sql", &q, "--format", "json"]),
+        tally_ok(dir.path(), &["sql", &q, "--format", "json", "--write"]),
         "[{\"n\":2}]\n"
     );
 }

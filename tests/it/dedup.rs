@@ -149,18 +149,20 @@ fn merges_inside_one_batch_and_across_batches_agree() {
 }
 
 #[test]
-fn prefer_pixel_keeps_the_pixel_copy() {
+fn prefer_pixel_keeps_the_pixel_copy_and_the_servers_values() {
     let app = spawn_app();
     app.set(|s| s.policy = tally::domain::DedupPolicy::PreferPixel);
     app.send(json!([{"event_id": "o1", "event_name": "order.completed", "properties": {"from": "server", "total": 5}}]));
     app.clock.advance_secs(120);
     let r = app.pixel(
         json!({"site": app.site_key, "event_id": "o1", "event_name": "order.completed",
-               "url": "http://localhost:3000/thanks", "properties": {"from": "pixel"}}),
+               "url": "http://localhost:3000/thanks", "properties": {"from": "pixel", "coupon": "X"}}),
         ORIGIN,
     );
     assert_eq!(r.status(), 204);
-    let rows = app.query("SELECT source, seen_server, seen_pixel, url, properties->>'from', properties->>'total' FROM events");
+    // The pixel copy is kept (its url, its source), but on a key both carry
+    // the authenticated server's value wins (SPEC §3, trust).
+    let rows = app.query("SELECT source, seen_server, seen_pixel, url, properties->>'from', properties->>'total', properties->>'coupon' FROM events");
     assert_eq!(
         rows,
         vec![vec![
@@ -168,8 +170,9 @@ fn prefer_pixel_keeps_the_pixel_copy() {
             json!(true),
             json!(true),
             json!("http://localhost:3000/thanks"),
-            json!("pixel"),
-            json!("5")
+            json!("server"),
+            json!("5"),
+            json!("X")
         ]]
     );
     assert_eq!(
@@ -236,18 +239,21 @@ fn prefer_pixel_still_replaces_after_a_restart() {
     let app = spawn_app_in(app.stop());
     let r = app.pixel(
         json!({"site": app.site_key, "event_id": "o1", "event_name": "order.completed",
-               "properties": {"from": "pixel"}}),
+               "properties": {"from": "pixel", "coupon": "X"}}),
         ORIGIN,
     );
     assert_eq!(r.status(), 204);
-    let rows = app.query("SELECT source, seen_server, seen_pixel, properties->>'from' FROM events");
+    let rows = app.query(
+        "SELECT source, seen_server, seen_pixel, properties->>'from', properties->>'coupon' FROM events",
+    );
     assert_eq!(
         rows,
         vec![vec![
             json!("pixel"),
             json!(true),
             json!(true),
-            json!("pixel")
+            json!("server"),
+            json!("X")
         ]]
     );
 }

@@ -42,6 +42,7 @@ pub fn spawn_app_in(dir: TempDir) -> TestApp {
         data_dir: dir.path().to_owned(),
         public_url: format!("http://{addr}"),
         public_url_is_default: false,
+        trusted_proxies: Vec::new(),
     };
     let clock = Arc::new(ManualClock::starting_now());
     let app = Arc::new(App::open(config, clock.clone()).unwrap());

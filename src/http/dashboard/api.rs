@@ -7,6 +7,7 @@ use crate::domain::time::parse_day_or_instant;
 use crate::domain::Site;
 use crate::http::assets::dashboard_files;
 use crate::http::body;
+use crate::http::client_ip::client_ip;
 use crate::http::error::ApiError;
 use crate::store::stats::{self, Range, TopKind};
 use actix_web::http::header;
@@ -61,12 +62,8 @@ pub async fn login(
     let LoginBody { password } = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("expected {{\"password\": …}}: {e}"))
     })?;
-    let addr = req
-        .connection_info()
-        .realip_remote_addr()
-        .unwrap_or_default()
-        .to_owned();
-    let (cookie, csrf) = web::block(move || auth.login(&app, &addr, &password))
+    let attempt = auth.begin(client_ip(&req, &app.config.trusted_proxies))?;
+    let (cookie, csrf) = web::block(move || auth.login(&app, attempt, &password))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(HttpResponse::Ok()
@@ -243,9 +240,102 @@ pub async fn recent(
     .await
 }
 
+/// `GET /api/events/lookup?site=&event_id=[&name=]`: the inspector.
+pub async fn lookup(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<LookupQuery>,
+) -> Result<HttpResponse, ApiError> {
+    auth.require(&req)?;
+    let q = q.into_inner();
+    if q.event_id.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_event_id",
+            "event_id is required",
+        ));
+    }
+    let site = app.site(&q.site)?;
+    let found = web::block(move || {
+        let conn = app.store.connect()?;
+        crate::store::inspect::lookup(&conn, &site, &q.event_id, q.name.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+/// Query string of the inspector.
+#[derive(Deserialize)]
+pub struct LookupQuery {
+    site: String,
+    event_id: String,
+    name: Option<String>,
+}
+
+/// `GET /api/near-misses?site=`: near misses in the site's window.
+pub async fn near_misses(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<Query>,
+) -> Result<HttpResponse, ApiError> {
+    auth.require(&req)?;
+    let site = q.site(&app)?;
+    let since = app.clock.now_micros() - i64::from(site.settings.window_secs) * 1_000_000;
+    let report = web::block(move || {
+        crate::store::stats::near_misses(&app.store.connect()?, &site.name, since)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// `POST /api/test` (CSRF header) `{"site", "events": [...]}`: the payload
+/// tester, i.e. `/v1/events?test=1` for a logged-in owner.
+pub async fn test_payload(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    auth.require_csrf(&req)?;
+    let raw = body::read(&req, payload, 1024 * 1024).await?;
+    let t: TestBody = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("expected {{\"site\": …, \"events\": [...]}}: {e}"),
+        )
+    })?;
+    let site = app.site(&t.site)?;
+    let (events, positions, errors) = crate::http::ingest::validate_each(t.events.iter(), |raw| {
+        crate::domain::Event::parse(raw.get(), crate::domain::Source::Server)
+    });
+    let outcome = crate::http::ingest::store(
+        &app,
+        site,
+        events,
+        crate::ingest::Mode::Test { history: false },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "accepted": outcome.accepted,
+        "deduplicated": outcome.deduplicated,
+        "rejected": errors.len(),
+        "test": crate::http::ingest::test_report(&outcome, &positions, &errors),
+    })))
+}
+
+#[derive(Deserialize)]
+struct TestBody {
+    site: String,
+    events: Vec<Box<serde_json::value::RawValue>>,
+}
+
 /// `GET /api/live?site=`: Server-Sent Events, one `event` per unique event
 /// committed from now on; duplicates never appear. A comment every 15 s
-/// keeps proxies from closing the stream.
+/// keeps proxies from closing the stream, and the stream ends within a
+/// second of its session ending (logout, password change, expiry).
 pub async fn live(
     app: web::Data<App>,
     auth: web::Data<Auth>,
@@ -253,31 +343,60 @@ pub async fn live(
     q: web::Query<Query>,
 ) -> Result<HttpResponse, ApiError> {
     auth.require(&req)?;
+    let token = req
+        .cookie(super::auth::COOKIE)
+        .map(|c| c.value().to_owned())
+        .unwrap_or_default();
     let site = q.site(&app)?.name.clone();
-    let rx = app.ingest()?.subscribe();
-    let stream = futures_util::stream::unfold((rx, site), |(mut rx, site)| async move {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-                Err(_) => {
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(Bytes::from_static(b": keep-alive\n\n")),
-                        (rx, site),
-                    ))
-                }
-                Ok(Ok(item)) if item.site == site => {
-                    let data = serde_json::to_string(&*item).unwrap_or_default();
-                    return Some((Ok(Bytes::from(format!("data: {data}\n\n"))), (rx, site)));
-                }
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    continue
-                }
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
-            }
-        }
+    let feed = Feed {
+        rx: app.ingest()?.subscribe(),
+        site,
+        auth: auth.into_inner(),
+        token,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let next = feed.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(next), feed))
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(stream))
+}
+
+/// One dashboard's live feed: the site's unique events, while its session lasts.
+struct Feed {
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::ingest::FeedItem>>,
+    site: String,
+    auth: Arc<Auth>,
+    token: String,
+}
+
+impl Feed {
+    /// The next chunk of the stream, or `None` once the session or the
+    /// writer has ended.
+    async fn next(&mut self) -> Option<Bytes> {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut idle = Duration::ZERO;
+        loop {
+            if !self.auth.is_open(&self.token) {
+                return None;
+            }
+            match tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await {
+                Err(_) => {
+                    idle += Duration::from_secs(1);
+                    if idle >= Duration::from_secs(15) {
+                        return Some(Bytes::from_static(b": keep-alive\n\n"));
+                    }
+                }
+                Ok(Ok(item)) if item.site == self.site => {
+                    let data = serde_json::to_string(&*item).unwrap_or_default();
+                    return Some(Bytes::from(format!("data: {data}\n\n")));
+                }
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+        }
+    }
 }

@@ -4,7 +4,12 @@
 //! per-address limit on wrong passwords.
 //!
 //! Sessions live in memory: a restart logs everyone out, which is the safe
-//! side for a single-admin appliance.
+//! side for a single-admin appliance; a password change ends every session.
+//!
+//! Password checks are bounded ([`PASSWORD_CHECKS`] at once, else 429) and
+//! an attempt counts as a failure before Argon2 runs, so a flood of logins
+//! can neither exhaust memory nor slip past the per-address limit. The
+//! address is the client's as [`crate::http::client_ip`] resolves it.
 
 use crate::app::App;
 use crate::control::PASSWORD_KEY;
@@ -15,8 +20,11 @@ use actix_web::HttpRequest;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use rand::RngCore;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "tally_session";
@@ -28,23 +36,46 @@ const SESSION_TTL: Duration = Duration::from_secs(7 * 86_400);
 const MAX_FAILURES: u32 = 5;
 /// The window for [`MAX_FAILURES`].
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Password checks running at once. Each Argon2 check holds 19 MiB for
+/// ~50 ms: more in parallel only buys memory, not logins.
+pub const PASSWORD_CHECKS: usize = 2;
+/// Addresses whose failures are remembered; past it the oldest is forgotten.
+const MAX_TRACKED: usize = 10_000;
 
 struct Session {
     csrf: String,
     expires: Instant,
+    /// The password generation the session was opened under.
+    epoch: u64,
 }
 
-/// Sessions and the wrong-password limiter.
-#[derive(Default)]
+/// Wrong passwords from one address in the current window.
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
+/// Sessions, the wrong-password limiter and the bound on password checks.
 pub struct Auth {
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+    checks: Arc<Semaphore>,
+    /// Bumped by every password change: older sessions end.
+    epoch: Arc<AtomicU64>,
 }
 
 /// A logged-in session.
 pub struct LoggedIn {
     /// Its CSRF token.
     pub csrf: String,
+}
+
+/// A login attempt that passed the limits: it holds one of the
+/// [`PASSWORD_CHECKS`] slots and has already been counted as a failure.
+pub struct Attempt {
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
 }
 
 fn random_token() -> String {
@@ -54,15 +85,73 @@ fn random_token() -> String {
 }
 
 impl Auth {
-    /// Checks `password` for the client at `addr`; on success returns the
-    /// session cookie and CSRF token.
+    /// Sessions that end when `epoch` (the password generation) moves.
+    pub fn new(epoch: Arc<AtomicU64>) -> Self {
+        Self {
+            sessions: Mutex::default(),
+            failures: Mutex::default(),
+            checks: Arc::new(Semaphore::new(PASSWORD_CHECKS)),
+            epoch,
+        }
+    }
+
+    /// Admits a login attempt from `ip`: 429 when the address is locked out
+    /// or every password-check slot is busy. The attempt counts as a failure
+    /// now, before any hashing, so parallel attempts cannot outrun the limit.
+    pub fn begin(&self, ip: IpAddr) -> Result<Attempt, ApiError> {
+        let permit = self
+            .checks
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::RateLimited { retry_after: 1 })?;
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(f) = failures.get(&ip) {
+            let age = now.duration_since(f.since);
+            if f.count >= MAX_FAILURES && age < FAILURE_WINDOW {
+                return Err(ApiError::RateLimited {
+                    retry_after: (FAILURE_WINDOW - age).as_secs().max(1),
+                });
+            }
+        }
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&ip) {
+            failures.retain(|_, f| now.duration_since(f.since) < FAILURE_WINDOW);
+            if failures.len() >= MAX_TRACKED {
+                let oldest = failures
+                    .iter()
+                    .min_by_key(|(_, f)| f.since)
+                    .map(|(ip, _)| *ip);
+                if let Some(oldest) = oldest {
+                    failures.remove(&oldest);
+                }
+            }
+        }
+        let slot = failures.entry(ip).or_insert(Failures {
+            count: 0,
+            since: now,
+        });
+        if now.duration_since(slot.since) >= FAILURE_WINDOW {
+            *slot = Failures {
+                count: 0,
+                since: now,
+            };
+        }
+        slot.count += 1;
+        Ok(Attempt {
+            ip,
+            _permit: permit,
+        })
+    }
+
+    /// Checks `password` for an admitted attempt (blocking: Argon2); on
+    /// success clears the address's failures and returns the session cookie
+    /// and CSRF token.
     pub fn login(
         &self,
         app: &App,
-        addr: &str,
+        attempt: Attempt,
         password: &str,
     ) -> Result<(Cookie<'static>, String), ApiError> {
-        self.check_rate(addr)?;
         let hash = store::settings::get(&app.store.connect()?, PASSWORD_KEY)?.ok_or_else(|| {
             ApiError::Unauthorized(
                 "no dashboard password is set; run `tally admin set-password`".into(),
@@ -74,13 +163,12 @@ impl Auth {
             .verify_password(password.as_bytes(), &parsed)
             .is_err()
         {
-            self.record_failure(addr);
             return Err(ApiError::Unauthorized("wrong password".into()));
         }
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(addr);
+            .remove(&attempt.ip);
         let token = random_token();
         let csrf = random_token();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,6 +179,7 @@ impl Auth {
             Session {
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                epoch: self.epoch.load(Ordering::SeqCst),
             },
         );
         let secure = app.config.public_url.starts_with("https://");
@@ -106,20 +195,30 @@ impl Auth {
         Ok((cookie, csrf))
     }
 
+    /// Whether the session `token` is still open (not expired, not logged
+    /// out, opened under the current password).
+    pub fn is_open(&self, token: &str) -> bool {
+        self.open_session(token).is_some()
+    }
+
+    fn open_session(&self, token: &str) -> Option<LoggedIn> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        sessions
+            .get(token)
+            .filter(|s| s.expires > Instant::now() && s.epoch == epoch)
+            .map(|s| LoggedIn {
+                csrf: s.csrf.clone(),
+            })
+    }
+
     /// The session of a request, or 401.
     pub fn require(&self, req: &HttpRequest) -> Result<LoggedIn, ApiError> {
         let token = req
             .cookie(COOKIE)
             .ok_or_else(|| ApiError::Unauthorized("log in first (POST /api/login)".into()))?;
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match sessions.get(token.value()) {
-            Some(s) if s.expires > Instant::now() => Ok(LoggedIn {
-                csrf: s.csrf.clone(),
-            }),
-            _ => Err(ApiError::Unauthorized(
-                "the session has expired; log in again".into(),
-            )),
-        }
+        self.open_session(token.value())
+            .ok_or_else(|| ApiError::Unauthorized("the session has ended; log in again".into()))
     }
 
     /// The session of a state-changing request, which must carry its CSRF token.
@@ -149,28 +248,5 @@ impl Auth {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(c.value());
         }
-    }
-
-    fn check_rate(&self, addr: &str) -> Result<(), ApiError> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(addr) {
-            Some((n, since)) if *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
-                Err(ApiError::RateLimited {
-                    retry_after: (FAILURE_WINDOW - since.elapsed()).as_secs().max(1),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn record_failure(&self, addr: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = failures
-            .entry(addr.to_owned())
-            .or_insert((0, Instant::now()));
-        if slot.1.elapsed() >= FAILURE_WINDOW {
-            *slot = (0, Instant::now());
-        }
-        slot.0 += 1;
     }
 }

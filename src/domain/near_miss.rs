@@ -1,0 +1,257 @@
+//! Near misses: pairs of unique events whose keys almost match, sent by
+//! different sources — the most common reason a pixel copy and a server
+//! copy fail to deduplicate (SPEC §5). Found, counted and shown; never merged.
+//!
+//! Three kinds: ids that differ only by case or surrounding space
+//! (`ord_42` / `ORD_42 `), ids one of which is the other with a prefix or
+//! suffix cut at a separator (`ord_42` / `42`, `42` / `42-1`), and names
+//! that differ only by case or separator (`Purchase` / `purchase`,
+//! `order.completed` / `order_completed`) under the same id.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+
+/// One unique event as the report reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Event name.
+    pub event_name: String,
+    /// Event id.
+    pub event_id: String,
+    /// Mask of [`super::Source::bit`]s that sent it.
+    pub sources: u8,
+}
+
+/// How two keys almost match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Ids equal but for case or surrounding space.
+    CaseOrSpace,
+    /// One id is the other with a prefix or suffix (`ord_42` / `42`).
+    PrefixOrSuffix,
+    /// Names equal but for case or separators, under the same id.
+    EventName,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::CaseOrSpace, Kind::PrefixOrSuffix, Kind::EventName];
+}
+
+/// One near-miss pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair {
+    /// The kind.
+    pub kind: Kind,
+    /// One form: name, id, sources.
+    pub a: Form,
+    /// The other form.
+    pub b: Form,
+}
+
+/// One of the two forms of a pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Form {
+    /// Event name.
+    pub event_name: String,
+    /// Event id.
+    pub event_id: String,
+    /// The sources that sent this form.
+    pub sources: Vec<String>,
+}
+
+/// Pairs of one kind: how many, and a few to look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindReport {
+    /// The kind.
+    pub kind: Kind,
+    /// Pairs found.
+    pub count: usize,
+    /// The first few pairs.
+    pub examples: Vec<Pair>,
+}
+
+/// The report over a set of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Unique events checked.
+    pub events_checked: usize,
+    /// One entry per kind, in a fixed order.
+    pub kinds: Vec<KindReport>,
+}
+
+/// Examples kept per kind.
+pub const EXAMPLES: usize = 5;
+
+/// Separators an id is cut at for the prefix/suffix kind.
+const SEPARATORS: &[char] = &['_', '-', '.', ':', '#', '/', ' ', '|'];
+
+fn norm_id(id: &str) -> String {
+    id.trim().to_lowercase()
+}
+
+fn norm_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, '.' | '_' | '-' | ' ' | ':' | '/'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The shorter ids an id could be mistaken for: each prefix and suffix cut
+/// at a separator, at least two characters long and holding a digit (order
+/// numbers, not words).
+fn cores(id: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for (i, c) in id.char_indices() {
+        if SEPARATORS.contains(&c) {
+            for part in [&id[..i], &id[i + c.len_utf8()..]] {
+                let part = part.trim_matches(SEPARATORS);
+                if part.len() >= 2 && part.chars().any(|c| c.is_ascii_digit()) && part != id {
+                    out.push(part);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn source_names(mask: u8) -> Vec<String> {
+    super::Source::ALL
+        .iter()
+        .filter(|s| mask & s.bit() != 0)
+        .map(|s| s.as_str().to_owned())
+        .collect()
+}
+
+fn form(s: &Seen) -> Form {
+    Form {
+        event_name: s.event_name.clone(),
+        event_id: s.event_id.clone(),
+        sources: source_names(s.sources),
+    }
+}
+
+/// Finds every near-miss pair among `events`.
+pub fn find(events: &[Seen]) -> Report {
+    let mut by_key: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        by_key
+            .entry((norm_name(&e.event_name), norm_id(&e.event_id)))
+            .or_default()
+            .push(i);
+    }
+    let mut pairs: Vec<Pair> = Vec::new();
+    let mut seen_pairs: HashSet<(usize, usize)> = HashSet::new();
+    let mut add = |pairs: &mut Vec<Pair>, kind: Kind, i: usize, j: usize| {
+        let (a, b) = (&events[i], &events[j]);
+        if a.sources & b.sources != 0 || !seen_pairs.insert((i.min(j), i.max(j))) {
+            return;
+        }
+        pairs.push(Pair {
+            kind,
+            a: form(a),
+            b: form(b),
+        });
+    };
+    for rows in by_key.values() {
+        for (x, &i) in rows.iter().enumerate() {
+            for &j in &rows[x + 1..] {
+                let (a, b) = (&events[i], &events[j]);
+                let kind = if a.event_name != b.event_name {
+                    Kind::EventName
+                } else {
+                    Kind::CaseOrSpace
+                };
+                add(&mut pairs, kind, i, j);
+            }
+        }
+    }
+    for (i, e) in events.iter().enumerate() {
+        let name = norm_name(&e.event_name);
+        let id = norm_id(&e.event_id);
+        for core in cores(&id) {
+            for &j in by_key
+                .get(&(name.clone(), core.to_owned()))
+                .into_iter()
+                .flatten()
+            {
+                add(&mut pairs, Kind::PrefixOrSuffix, i, j);
+            }
+        }
+    }
+    Report {
+        events_checked: events.len(),
+        kinds: Kind::ALL
+            .iter()
+            .map(|k| {
+                let of_kind: Vec<&Pair> = pairs.iter().filter(|p| p.kind == *k).collect();
+                KindReport {
+                    kind: *k,
+                    count: of_kind.len(),
+                    examples: of_kind.into_iter().take(EXAMPLES).cloned().collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIXEL: u8 = 1;
+    const SERVER: u8 = 2;
+
+    fn seen(name: &str, id: &str, sources: u8) -> Seen {
+        Seen {
+            event_name: name.into(),
+            event_id: id.into(),
+            sources,
+        }
+    }
+
+    fn counts(r: &Report) -> [usize; 3] {
+        [r.kinds[0].count, r.kinds[1].count, r.kinds[2].count]
+    }
+
+    #[test]
+    fn each_kind_is_found_between_sources() {
+        let r = find(&[
+            seen("order.completed", "ord_42", PIXEL),
+            seen("order.completed", "ORD_42 ", SERVER),
+            seen("order.completed", "77", PIXEL),
+            seen("order.completed", "ord_77", SERVER),
+            seen("order.completed", "88", PIXEL),
+            seen("order.completed", "88-1", SERVER),
+            seen("Purchase", "o-9", PIXEL),
+            seen("purchase", "o-9", SERVER),
+            seen("order_completed", "x1", PIXEL),
+            seen("order.completed", "x1", SERVER),
+        ]);
+        assert_eq!(counts(&r), [1, 2, 2], "{r:#?}");
+        assert_eq!(r.events_checked, 10);
+    }
+
+    #[test]
+    fn the_same_source_or_distinct_words_are_no_pair() {
+        let r = find(&[
+            seen("order.completed", "ord_42", SERVER),
+            seen("order.completed", "ORD_42", SERVER),
+            seen("order.completed", "42", PIXEL | SERVER),
+            seen("signup", "user_abc", PIXEL),
+            seen("signup", "abc", SERVER),
+            seen("page.view", "evt_1a2b3c", PIXEL),
+            seen("order.completed", "1a2b3c", SERVER),
+            seen("order.completed", "420", PIXEL),
+        ]);
+        assert_eq!(counts(&r), [0, 0, 0], "{r:#?}");
+    }
+
+    #[test]
+    fn cores_cut_at_separators_only() {
+        assert_eq!(cores("ord_42"), vec!["42"]);
+        assert!(cores("42-1").contains(&"42"));
+        assert!(cores("order42").is_empty());
+        assert!(cores("ord_x").is_empty(), "no digit");
+    }
+}

@@ -1,0 +1,384 @@
+//! Forwarding (SPEC §6): each unique event a destination wants goes out once,
+//! after dedup, from a transactional outbox.
+//!
+//! The writer appends an outbox row in the same transaction as the event
+//! (see [`crate::ingest`]), so a committed event is never lost to forwarding
+//! and a dropped copy is never forwarded. [`run`] drains the outbox: per
+//! destination it reads due rows in pages, sends them (a webhook POST per
+//! event, a Conversions API request per 1,000), and marks them delivered.
+//! A failure backs the whole destination off (exponential with jitter,
+//! honouring `Retry-After`), so a receiver that is down costs one attempt
+//! per backoff, never a busy loop; its events wait in the store, not in
+//! memory, and are parked past the destination's age or attempt limit
+//! (`tally forward retry` puts them back). A kill -9 between a send and its
+//! mark repeats that delivery after the restart, with the same idempotency
+//! key (the `event_id`), which webhook receivers and Meta dedup on.
+
+pub mod payload;
+
+use crate::app::App;
+use crate::domain::forward::{backoff_secs, Destination, Target, META_GRAPH_VERSION};
+use crate::store::outbox::{self, Counts, Due};
+use payload::Verdict;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often the sender looks for due rows when it has nothing to do.
+const POLL: Duration = Duration::from_millis(250);
+/// How often parked-by-age rows, outbox counts and old delivered rows are
+/// brought up to date.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// Delivered rows are kept this long (for `forward list` counts and SQL).
+const KEEP_DELIVERED_MICROS: i64 = 7 * 86_400 * 1_000_000;
+/// Rows a webhook destination reads at a time.
+const WEBHOOK_PAGE: usize = 100;
+/// A receiver that has not answered by then has failed this attempt.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The destinations in memory: read by the writer on every group, changed
+/// by `tally forward add|remove`.
+#[derive(Debug, Default)]
+pub struct Registry {
+    all: RwLock<Arc<Vec<Arc<Destination>>>>,
+}
+
+impl Registry {
+    /// A registry holding `destinations`.
+    pub fn new(destinations: Vec<Destination>) -> Self {
+        let registry = Self::default();
+        registry.replace(destinations);
+        registry
+    }
+
+    /// Every destination (a snapshot).
+    pub fn all(&self) -> Arc<Vec<Arc<Destination>>> {
+        self.all.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces every destination.
+    pub fn replace(&self, destinations: Vec<Destination>) {
+        *self.all.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(destinations.into_iter().map(Arc::new).collect());
+    }
+}
+
+/// Deliveries by result, per destination, and the outbox's counts.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<HashMap<u32, DestStats>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct DestStats {
+    delivered: u64,
+    retried: u64,
+    parked: u64,
+    outbox: Counts,
+}
+
+impl Stats {
+    fn with(&self, id: u32, f: impl FnOnce(&mut DestStats)) {
+        f(self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default());
+    }
+
+    /// The Prometheus lines for forwarding.
+    pub fn render(&self, registry: &Registry) -> String {
+        let stats = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = String::new();
+        out += "# HELP tally_forward_deliveries_total Forwarding attempts by destination and result.\n";
+        out += "# TYPE tally_forward_deliveries_total counter\n";
+        let dests = registry.all();
+        for d in dests.iter() {
+            let s = stats.get(&d.id).copied().unwrap_or_default();
+            for (result, n) in [
+                ("delivered", s.delivered),
+                ("retried", s.retried),
+                ("parked", s.parked),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tally_forward_deliveries_total{{destination=\"{}\",kind=\"{}\",result=\"{result}\"}} {n}",
+                    d.id,
+                    d.target.kind()
+                );
+            }
+        }
+        out += "# HELP tally_outbox_events Outbox rows by destination and state.\n";
+        out += "# TYPE tally_outbox_events gauge\n";
+        for d in dests.iter() {
+            let c = stats.get(&d.id).map(|s| s.outbox).unwrap_or_default();
+            for (state, n) in [
+                ("pending", c.pending),
+                ("parked", c.parked),
+                ("delivered", c.delivered),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tally_outbox_events{{destination=\"{}\",state=\"{state}\"}} {n}",
+                    d.id
+                );
+            }
+        }
+        out += "# HELP tally_outbox_oldest_pending_seconds Age of the oldest undelivered event by destination.\n";
+        out += "# TYPE tally_outbox_oldest_pending_seconds gauge\n";
+        for d in dests.iter() {
+            let c = stats.get(&d.id).map(|s| s.outbox).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "tally_outbox_oldest_pending_seconds{{destination=\"{}\"}} {:.3}",
+                d.id, c.oldest_pending_secs
+            );
+        }
+        out
+    }
+}
+
+/// One destination's place in line: when it may try again.
+#[derive(Debug, Default)]
+struct Line {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+/// Drains the outbox until the task is dropped.
+pub async fn run(app: Arc<App>) {
+    let client = match reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the forwarding HTTP client; forwarding is off");
+            return;
+        }
+    };
+    let mut lines: HashMap<u32, Line> = HashMap::new();
+    let mut housekeeping = Instant::now();
+    loop {
+        if Instant::now() >= housekeeping {
+            housekeeping = Instant::now() + HOUSEKEEPING;
+            let app = app.clone();
+            let _ = tokio::task::spawn_blocking(move || keep_house(&app)).await;
+        }
+        let mut busy = false;
+        for d in app.destinations.all().iter() {
+            let line = lines.entry(d.id).or_default();
+            if line.not_before.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            match send_page(&app, &client, d).await {
+                Ok(PageResult::Empty) => {}
+                Ok(PageResult::Sent) => {
+                    busy = true;
+                    *line = Line::default();
+                }
+                Ok(PageResult::Failed { retry_after }) => {
+                    line.failures += 1;
+                    let wait = retry_after
+                        .unwrap_or_else(|| backoff_secs(line.failures - 1, rand::random::<f64>()));
+                    line.not_before = Some(Instant::now() + Duration::from_secs(wait));
+                }
+                Err(e) => {
+                    tracing::warn!(destination = d.id, error = %e, "forwarding could not read the outbox");
+                    line.not_before = Some(Instant::now() + Duration::from_secs(5));
+                }
+            }
+        }
+        if !busy {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Parks rows past their destination's age, refreshes the counts, forgets
+/// rows delivered a week ago.
+fn keep_house(app: &App) {
+    let now = app.clock.now_micros();
+    let work = || -> crate::store::Result<()> {
+        let conn = app.store.connect()?;
+        for d in app.destinations.all().iter() {
+            let parked =
+                outbox::park_older(&conn, d.id, now - i64::from(d.max_age_secs) * 1_000_000)?;
+            if parked > 0 {
+                tracing::warn!(
+                    destination = d.id,
+                    parked,
+                    "events parked past the age limit"
+                );
+                app.forward_stats.with(d.id, |s| s.parked += parked);
+            }
+        }
+        for (id, counts) in outbox::counts(&conn, now)? {
+            app.forward_stats.with(id, |s| s.outbox = counts);
+        }
+        outbox::forget_delivered(&conn, now - KEEP_DELIVERED_MICROS)?;
+        Ok(())
+    };
+    if let Err(e) = work() {
+        tracing::warn!(error = %e, "forwarding housekeeping failed");
+    }
+}
+
+enum PageResult {
+    Empty,
+    Sent,
+    Failed { retry_after: Option<u64> },
+}
+
+/// Sends one page of `d`'s due rows and records the result.
+async fn send_page(
+    app: &Arc<App>,
+    client: &reqwest::Client,
+    d: &Arc<Destination>,
+) -> crate::store::Result<PageResult> {
+    let page = match &d.target {
+        Target::Webhook { .. } => WEBHOOK_PAGE,
+        Target::Meta { .. } => d.target.batch_size(),
+    };
+    let now = app.clock.now_micros();
+    let id = d.id;
+    let reader = app.clone();
+    let due =
+        tokio::task::spawn_blocking(move || outbox::due(&reader.store.connect()?, id, now, page))
+            .await
+            .map_err(|e| crate::store::StoreError::Invalid(format!("outbox reader: {e}")))??;
+    if due.is_empty() {
+        return Ok(PageResult::Empty);
+    }
+    // An event deleted since (by hand or retention) has nothing to send.
+    let (gone, due): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|r| r.event.is_none());
+    record(
+        app,
+        d,
+        gone.iter().map(|r| r.rowid).collect(),
+        Verdict::Reject {
+            error: "the event is no longer in the store".into(),
+        },
+    )
+    .await?;
+    match &d.target {
+        Target::Webhook { url, secret } => {
+            for row in due {
+                let event = row.event.as_ref().expect("partitioned above");
+                let sent_at = app.clock.now_secs();
+                let body = payload::webhook_body(event, d, sent_at);
+                let verdict = post(
+                    client
+                        .post(url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .header(payload::SIGNATURE_HEADER, payload::signature(secret, &body))
+                        .header(payload::TIMESTAMP_HEADER, sent_at.to_string())
+                        .header(payload::IDEMPOTENCY_HEADER, &row.event_id)
+                        .body(body),
+                    false,
+                )
+                .await;
+                let retry_after = retry_of(&verdict);
+                let failed = !matches!(verdict, Verdict::Delivered);
+                record(app, d, vec![row.rowid], verdict).await?;
+                if failed {
+                    return Ok(PageResult::Failed { retry_after });
+                }
+            }
+        }
+        Target::Meta {
+            pixel_id,
+            token,
+            graph_url,
+            test_event_code,
+        } => {
+            let events: Vec<_> = due.iter().filter_map(|r| r.event.as_ref()).collect();
+            let body = payload::meta_body(&events, d, token, test_event_code.as_deref());
+            let url = format!(
+                "{}/{META_GRAPH_VERSION}/{pixel_id}/events",
+                graph_url.trim_end_matches('/')
+            );
+            let verdict = post(client.post(url).json(&body), true).await;
+            let retry_after = retry_of(&verdict);
+            let failed = !matches!(verdict, Verdict::Delivered);
+            record(app, d, due.iter().map(|r| r.rowid).collect(), verdict).await?;
+            if failed {
+                return Ok(PageResult::Failed { retry_after });
+            }
+        }
+    }
+    Ok(PageResult::Sent)
+}
+
+fn retry_of(v: &Verdict) -> Option<u64> {
+    match v {
+        Verdict::Retry { retry_after, .. } => *retry_after,
+        _ => None,
+    }
+}
+
+/// Sends a request and reads the answer as its destination does.
+async fn post(request: reqwest::RequestBuilder, meta: bool) -> Verdict {
+    match request.send().await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| s.min(3_600));
+            let body = res.text().await.unwrap_or_default();
+            payload::judge(status, retry_after, &body, meta)
+        }
+        Err(e) => Verdict::Retry {
+            error: format!("cannot reach the receiver: {e}"),
+            retry_after: None,
+        },
+    }
+}
+
+/// Marks rows after an attempt, and counts it.
+async fn record(
+    app: &Arc<App>,
+    d: &Arc<Destination>,
+    rowids: Vec<i64>,
+    verdict: Verdict,
+) -> crate::store::Result<()> {
+    if rowids.is_empty() {
+        return Ok(());
+    }
+    let n = rowids.len() as u64;
+    let now = app.clock.now_micros();
+    let (id, max_attempts) = (d.id, d.max_attempts);
+    let writer = app.clone();
+    let v = verdict.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = writer.store.connect()?;
+        match &v {
+            Verdict::Delivered => outbox::delivered(&conn, &rowids, now),
+            Verdict::Retry { error, .. } => {
+                outbox::failed(&conn, &rowids, error, max_attempts, false)
+            }
+            Verdict::Reject { error } => outbox::failed(&conn, &rowids, error, max_attempts, true),
+        }
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Invalid(format!("outbox writer: {e}")))??;
+    match verdict {
+        Verdict::Delivered => app.forward_stats.with(id, |s| s.delivered += n),
+        Verdict::Retry { error, .. } => {
+            tracing::debug!(destination = id, %error, "delivery failed; will retry");
+            app.forward_stats.with(id, |s| s.retried += n)
+        }
+        Verdict::Reject { error } => {
+            tracing::warn!(destination = id, %error, events = n, "delivery refused; events parked");
+            app.forward_stats.with(id, |s| s.parked += n)
+        }
+    }
+    Ok(())
+}
