@@ -132,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 matched: Matched::EventId,
                 filled: None,
                 revenue: None,
+                replaced_by: None,
             });
         }
         rows.push(EventRow {

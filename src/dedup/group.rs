@@ -279,7 +279,7 @@ impl Group {
             let state = self.states[i].get_or_insert_with(|| state_of(&row.event));
             let revenue = revenue_of(&state.props, &site.settings);
             let mut event = copy.event;
-            event.event_id = row.event.event_id.clone();
+            let replaced_by = std::mem::replace(&mut event.event_id, row.event.event_id.clone());
             let props = parse(event.properties.as_deref());
             let user = parse(event.user_data.as_deref());
             let kept_from_old = state.replace(incoming(&props, &user, &event), merge);
@@ -300,6 +300,7 @@ impl Group {
                 matched,
                 filled,
                 revenue,
+                replaced_by: Some(replaced_by),
             });
         } else {
             let mut filled = Object::new();
@@ -532,7 +533,7 @@ impl Touch {
                     settings.merge_properties,
                 );
                 let mut event = p.copy.event;
-                event.event_id = stored.event_id.clone();
+                let replaced_by = std::mem::replace(&mut event.event_id, stored.event_id.clone());
                 out.dropped.push(DroppedRow {
                     site: self.site.clone(),
                     event_id: stored.event_id.clone(),
@@ -544,6 +545,7 @@ impl Touch {
                     matched: p.matched,
                     filled: text_of(&kept_from_old),
                     revenue,
+                    replaced_by: Some(replaced_by),
                 });
                 kept_source = source;
                 kept_event = Some(event);
@@ -664,5 +666,6 @@ fn dropped(
         matched,
         filled,
         revenue,
+        replaced_by: None,
     }
 }

@@ -117,6 +117,9 @@ pub struct DroppedRow {
     pub filled: Option<String>,
     /// The revenue it carried (the over-count dedup avoided).
     pub revenue: Option<Revenue>,
+    /// For [`Rule::Replaced`]: the id of the copy that replaced it (the
+    /// event keeps the id its window opened with).
+    pub replaced_by: Option<String>,
 }
 
 /// What the writer reads of a stored kept row before changing it.

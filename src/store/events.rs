@@ -145,6 +145,7 @@ fn duplicate_batch(dups: &[DroppedRow]) -> Result<RecordBatch> {
                     .filter(|c| !c.is_empty())
             }),
         ),
+        ("replaced_by", text(|d| d.replaced_by.as_deref())),
     ];
     RecordBatch::try_from_iter(columns).map_err(arrow_error)
 }

@@ -65,8 +65,10 @@ pub struct CopySeen {
     pub event_id: String,
     /// Who sent it.
     pub source: String,
-    /// When it arrived (for a replaced copy: when it was replaced).
+    /// When it arrived.
     pub arrived: String,
+    /// For a copy a preferred one replaced: when that happened.
+    pub replaced_at: Option<String>,
     /// Whether it is the kept copy.
     pub kept: bool,
     /// For a dropped copy: the rule that decided (`same_key`,
@@ -93,6 +95,7 @@ struct KeptRow {
 }
 
 struct DroppedCopy {
+    replaced_by: Option<String>,
     event_id: String,
     event_name: String,
     source: String,
@@ -106,7 +109,8 @@ struct DroppedCopy {
 const KEPT_COLUMNS: &str = "event_id, event_name, source, seen_pixel, seen_server, seen_import, \
      epoch_us(received_at), epoch_us(occurred_at), properties::VARCHAR";
 const DROPPED_COLUMNS: &str = "event_id, event_name, source, epoch_us(received_at), \
-     coalesce(rule, 'same_key'), coalesce(matched_key, 'event_id'), matched_value, filled::VARCHAR";
+     coalesce(rule, 'same_key'), coalesce(matched_key, 'event_id'), matched_value, filled::VARCHAR, \
+     replaced_by";
 
 fn kept_row(r: &duckdb::Row<'_>) -> duckdb::Result<KeptRow> {
     Ok(KeptRow {
@@ -130,6 +134,7 @@ fn dropped_copy(r: &duckdb::Row<'_>) -> duckdb::Result<DroppedCopy> {
         matched_key: r.get(5)?,
         matched_value: r.get(6)?,
         filled: r.get(7)?,
+        replaced_by: r.get(8)?,
     })
 }
 
@@ -156,11 +161,33 @@ pub fn lookup(
         .collect::<duckdb::Result<_>>()?;
     let mut dropped: Vec<DroppedCopy> = conn
         .prepare(&format!(
-            "SELECT {DROPPED_COLUMNS} FROM duplicates WHERE site = ? AND event_id = ? {name_filter} \
-             ORDER BY received_at"
+            "SELECT {DROPPED_COLUMNS} FROM duplicates \
+             WHERE site = ? AND (event_id = ? OR replaced_by = ?) {name_filter} ORDER BY received_at"
         ))?
-        .query_map(params![site.name, event_id, name], dropped_copy)?
+        .query_map(params![site.name, event_id, event_id, name], dropped_copy)?
         .collect::<duckdb::Result<_>>()?;
+    // A copy that replaced the kept one (prefer_pixel) through a secondary
+    // key is kept under the id its window opened with.
+    for d in dropped
+        .iter()
+        .filter(|d| d.replaced_by.as_deref() == Some(event_id) && d.event_id != event_id)
+    {
+        let row: Vec<KeptRow> = conn
+            .prepare(&format!(
+                "SELECT {KEPT_COLUMNS} FROM events WHERE site = ? AND event_name = ? AND event_id = ? \
+                 AND received_at <= ? ORDER BY received_at DESC LIMIT 1"
+            ))?
+            .query_map(params![site.name, d.event_name, d.event_id, timestamp(d.received_at)], kept_row)?
+            .collect::<duckdb::Result<_>>()?;
+        for r in row {
+            if !kept
+                .iter()
+                .any(|k| k.event_id == r.event_id && k.received_at == r.received_at)
+            {
+                kept.push(r);
+            }
+        }
+    }
     // Copies of this id dropped through a secondary key point at a row kept
     // under another id: find it by the key's value within the window.
     for d in dropped
@@ -199,32 +226,35 @@ pub fn lookup(
         }
     }
     kept.sort_by_key(|k| k.received_at);
-    // Copies with other ids that reached the kept rows through their secondary key.
+    // Every copy each kept row absorbed in its window: by its id, or by
+    // its secondary key under another id.
     for k in &kept {
-        let Some((property, value)) = secondary_of(site, k) else {
-            continue;
-        };
+        let secondary = secondary_of(site, k);
+        let (property, value) = secondary.clone().unzip();
         let more: Vec<DroppedCopy> = conn
             .prepare(&format!(
                 "SELECT {DROPPED_COLUMNS} FROM duplicates WHERE site = ? AND event_name = ? \
-                 AND matched_key = ? AND matched_value = ? AND received_at >= ? AND received_at < ?"
+                 AND received_at >= ? AND received_at < ? \
+                 AND (event_id = ? OR (matched_key = ? AND matched_value = ?))"
             ))?
             .query_map(
                 params![
                     site.name,
                     k.event_name,
-                    property,
-                    value,
                     timestamp(k.received_at),
-                    timestamp(k.received_at + window)
+                    timestamp(k.received_at + window),
+                    k.event_id,
+                    property,
+                    value
                 ],
                 dropped_copy,
             )?
             .collect::<duckdb::Result<_>>()?;
         for d in more {
-            if !dropped.iter().any(|x| {
+            let known = dropped.iter().any(|x| {
                 x.event_id == d.event_id && x.received_at == d.received_at && x.source == d.source
-            }) {
+            });
+            if !known {
                 dropped.push(d);
             }
         }
@@ -306,24 +336,49 @@ fn assemble(
             .filter(|(_, o)| **o == Some(i))
             .map(|(d, _)| d)
             .collect();
-        let replaced_at = mine
+        // A replaced copy was kept from the window's start, or from the
+        // replacement before it; the kept copy arrived at the last one.
+        let mut replaced: Vec<i64> = mine
             .iter()
             .filter(|d| d.rule == Rule::Replaced.as_str())
             .map(|d| d.received_at)
-            .max();
-        let mut copies = vec![CopySeen {
-            event_id: k.event_id.clone(),
-            source: k.source.clone(),
-            arrived: format_timestamp(replaced_at.unwrap_or(k.received_at)),
-            kept: true,
-            rule: None,
-            why: None,
-            matched_key: None,
-            matched_value: None,
-            filled: None,
-        }];
-        copies.extend(mine.into_iter().map(seen_copy));
-        copies.sort_by(|a, b| a.arrived.cmp(&b.arrived));
+            .collect();
+        replaced.sort_unstable();
+        let kept_since = replaced.last().copied().unwrap_or(k.received_at);
+        let kept_id = mine
+            .iter()
+            .filter(|d| d.rule == Rule::Replaced.as_str())
+            .max_by_key(|d| d.received_at)
+            .and_then(|d| d.replaced_by.clone())
+            .unwrap_or_else(|| k.event_id.clone());
+        let mut copies: Vec<(i64, CopySeen)> = vec![(
+            kept_since,
+            CopySeen {
+                event_id: kept_id,
+                source: k.source.clone(),
+                arrived: format_timestamp(kept_since),
+                replaced_at: None,
+                kept: true,
+                rule: None,
+                why: None,
+                matched_key: None,
+                matched_value: None,
+                filled: None,
+            },
+        )];
+        for d in mine {
+            let mut c = seen_copy(d);
+            let mut arrived = d.received_at;
+            if d.rule == Rule::Replaced.as_str() {
+                let before = replaced.iter().rev().find(|t| **t < d.received_at);
+                arrived = before.copied().unwrap_or(k.received_at);
+                c.arrived = format_timestamp(arrived);
+                c.replaced_at = Some(format_timestamp(d.received_at));
+            }
+            copies.push((arrived, c));
+        }
+        copies.sort_by_key(|(at, c)| (*at, c.kept));
+        let copies = copies.into_iter().map(|(_, c)| c).collect();
         out.push(Logical {
             event_id: k.event_id.clone(),
             event_name: k.event_name.clone(),
@@ -353,6 +408,7 @@ fn seen_copy(d: &DroppedCopy) -> CopySeen {
         event_id: d.event_id.clone(),
         source: d.source.clone(),
         arrived: format_timestamp(d.received_at),
+        replaced_at: None,
         kept: false,
         rule: Some(d.rule.clone()),
         why: Rule::parse(&d.rule).map(|r| r.describe().to_owned()),

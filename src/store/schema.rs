@@ -78,6 +78,7 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE duplicates ADD COLUMN filled JSON;
     ALTER TABLE duplicates ADD COLUMN revenue DECIMAL(18,4);
     ALTER TABLE duplicates ADD COLUMN currency VARCHAR;
+    ALTER TABLE duplicates ADD COLUMN replaced_by VARCHAR;
     ALTER TABLE sites ADD COLUMN secondary_keys JSON;
     ALTER TABLE sites ADD COLUMN timezone VARCHAR DEFAULT 'UTC';
     ALTER TABLE sites ADD COLUMN retain_days INTEGER;

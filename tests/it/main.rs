@@ -4,12 +4,14 @@
 
 mod browser;
 mod helpers;
+mod session;
 
 mod cli;
 mod dashboard_api;
 mod dashboard_browser;
 mod dedup;
 mod ingest;
+mod keys;
 mod ops;
 mod pixel;
 mod pixel_browser;
