@@ -239,12 +239,23 @@ pub fn free_port() -> u16 {
 pub struct ServerProcess {
     pub child: Child,
     pub base: String,
+    log: Option<(std::thread::JoinHandle<String>,)>,
 }
 
 impl ServerProcess {
     pub fn start(dir: &Path) -> ServerProcess {
+        Self::spawn(dir, "error", false)
+    }
+
+    /// Starts with `RUST_LOG=level`, keeping its stderr for
+    /// [`ServerProcess::terminate_and_log`].
+    pub fn start_logging(dir: &Path, level: &str) -> ServerProcess {
+        Self::spawn(dir, level, true)
+    }
+
+    fn spawn(dir: &Path, level: &str, keep_log: bool) -> ServerProcess {
         let port = free_port();
-        let child = Command::new(tally_bin())
+        let mut child = Command::new(tally_bin())
             .args([
                 "serve",
                 "--listen",
@@ -252,14 +263,50 @@ impl ServerProcess {
                 "--data-dir",
             ])
             .arg(dir)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if keep_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .unwrap();
+        // Drained on a thread, so a chatty log never fills the pipe.
+        let log = child.stderr.take().map(|mut err| {
+            (std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut err, &mut text);
+                text
+            }),)
+        });
         let base = format!("http://127.0.0.1:{port}");
         wait_healthy(&base);
-        ServerProcess { child, base }
+        ServerProcess { child, base, log }
+    }
+
+    /// SIGTERM, wait, and everything the server logged.
+    pub fn terminate_and_log(mut self) -> String {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+        self.log
+            .take()
+            .map(|(t,)| t.join().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The server's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// SIGTERM, then waits; returns whether the exit was clean.

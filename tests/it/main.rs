@@ -16,3 +16,4 @@ mod ops;
 mod pixel;
 mod pixel_browser;
 mod restart;
+mod test_mode;
