@@ -342,6 +342,10 @@ fn properties(raw: Option<Box<RawValue>>) -> Result<Option<String>, EventError> 
             "properties is not valid JSON",
         ));
     };
+    // An empty object carries nothing: stored as no properties at all.
+    if map.is_empty() {
+        return Ok(None);
+    }
     if personal::has_personal_properties(&map) {
         personal::hash_personal_properties(&mut map);
         return Ok(Some(Value::Object(map).to_string()));

@@ -182,8 +182,18 @@ pub fn find(events: &[Seen]) -> Report {
     // A stable order (the maps above are not), so the same store always
     // shows the same examples.
     pairs.sort_by(|x, y| {
-        (&x.a.event_name, &x.a.event_id, &x.b.event_name, &x.b.event_id)
-            .cmp(&(&y.a.event_name, &y.a.event_id, &y.b.event_name, &y.b.event_id))
+        (
+            &x.a.event_name,
+            &x.a.event_id,
+            &x.b.event_name,
+            &x.b.event_id,
+        )
+            .cmp(&(
+                &y.a.event_name,
+                &y.a.event_id,
+                &y.b.event_name,
+                &y.b.event_id,
+            ))
     });
     Report {
         events_checked: events.len(),

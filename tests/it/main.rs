@@ -12,6 +12,7 @@ mod dashboard_browser;
 mod dedup;
 mod ingest;
 mod keys;
+mod model;
 mod ops;
 mod pixel;
 mod pixel_browser;
