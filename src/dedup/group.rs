@@ -284,7 +284,7 @@ impl Group {
             let user = parse(event.user_data.as_deref());
             let kept_from_old = state.replace(incoming(&props, &user, &event), merge);
             let old = std::mem::replace(&mut row.event, event);
-            row.occurred_at = row.event.occurred_at.unwrap_or(row.received_at);
+            row.occurred_at = row.event.occurred_at.unwrap_or(row.occurred_at);
             row.fingerprint = copy.fingerprint;
             decision.kept_source = source;
             decision.replaces_kept = true;
@@ -593,12 +593,7 @@ impl Touch {
                 start: self.entry.first_seen,
                 seen,
                 content,
-                kept: kept_event.map(|e| {
-                    let occurred = e
-                        .occurred_at
-                        .unwrap_or(i64::from(self.entry.first_seen) * 1_000_000);
-                    (e, occurred)
-                }),
+                kept: kept_event,
             });
         }
         let entry = Entry::new(

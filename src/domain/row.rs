@@ -171,6 +171,7 @@ pub struct RowUpdate {
     pub seen: u8,
     /// New properties and user data, when a fold changed them.
     pub content: Option<Content>,
-    /// The copy that is kept now (`prefer_pixel`), with the row's id.
-    pub kept: Option<(Event, i64)>,
+    /// The copy that is kept now (`prefer_pixel`), with the row's id; its
+    /// `occurred_at`, when it has one, becomes the event's.
+    pub kept: Option<Event>,
 }

@@ -213,11 +213,11 @@ pub fn update(conn: &Connection, u: &RowUpdate) -> Result<()> {
     let [pixel, server, import] = seen_flags(u.seen);
     let at = addr_params(u.addr, u.start);
     match (&u.kept, &u.content) {
-        (Some((e, occurred)), content) => {
+        (Some(e), content) => {
             let c = content.as_ref();
             let sql = format!(
                 "UPDATE events SET source = ?, seen_pixel = ?, seen_server = ?, seen_import = ?, \
-                 occurred_at = ?, session_id = ?, visitor_id = ?, url = ?, referrer = ?, \
+                 occurred_at = coalesce(?, occurred_at), session_id = ?, visitor_id = ?, url = ?, referrer = ?, \
                  user_id = ?, anonymous_id = ?, properties = ?, user_data = ?, pixel_keys = ?, \
                  merges = ?, fingerprint = ? WHERE {ROW_OF_KEY}"
             );
@@ -226,7 +226,7 @@ pub fn update(conn: &Connection, u: &RowUpdate) -> Result<()> {
                 pixel.into(),
                 server.into(),
                 import.into(),
-                timestamp(*occurred),
+                e.occurred_at.map(timestamp).into(),
                 e.session_id.clone().into(),
                 e.visitor_id.clone().into(),
                 e.url.clone().into(),

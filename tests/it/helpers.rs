@@ -35,15 +35,21 @@ pub fn spawn_app() -> TestApp {
 }
 
 pub fn spawn_app_in(dir: TempDir) -> TestApp {
+    spawn_configured(dir, |_| {})
+}
+
+/// A server whose configuration `configure` adjusts first.
+pub fn spawn_configured(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = Config {
+    let mut config = Config {
         listen: addr.to_string(),
         data_dir: dir.path().to_owned(),
         public_url: format!("http://{addr}"),
         public_url_is_default: false,
         trusted_proxies: Vec::new(),
     };
+    configure(&mut config);
     let clock = Arc::new(ManualClock::starting_now());
     let app = Arc::new(App::open(config, clock.clone()).unwrap());
     let site = match app.site("shop") {
@@ -244,26 +250,31 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(dir: &Path) -> ServerProcess {
-        Self::spawn(dir, "error", false)
+        Self::spawn(dir, Some("error"), false)
     }
 
-    /// Starts with `RUST_LOG=level`, keeping its stderr for
-    /// [`ServerProcess::terminate_and_log`].
-    pub fn start_logging(dir: &Path, level: &str) -> ServerProcess {
+    /// Starts with `RUST_LOG=level` (`None`: the default filter), keeping
+    /// its stderr for [`ServerProcess::terminate_and_log`].
+    pub fn start_logging(dir: &Path, level: Option<&str>) -> ServerProcess {
         Self::spawn(dir, level, true)
     }
 
-    fn spawn(dir: &Path, level: &str, keep_log: bool) -> ServerProcess {
+    fn spawn(dir: &Path, level: Option<&str>, keep_log: bool) -> ServerProcess {
         let port = free_port();
-        let mut child = Command::new(tally_bin())
+        let mut command = Command::new(tally_bin());
+        command
             .args([
                 "serve",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--data-dir",
             ])
-            .arg(dir)
-            .env("RUST_LOG", level)
+            .arg(dir);
+        match level {
+            Some(level) => command.env("RUST_LOG", level),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(if keep_log {
                 Stdio::piped()

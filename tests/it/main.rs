@@ -10,6 +10,7 @@ mod cli;
 mod dashboard_api;
 mod dashboard_browser;
 mod dedup;
+mod hardening;
 mod ingest;
 mod keys;
 mod model;

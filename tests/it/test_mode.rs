@@ -153,7 +153,7 @@ fn pixel_and_payload_tester_and_import_dry_run_store_nothing() {
 fn planted_near_misses_are_all_found_among_100000_clean_events_and_nothing_else() {
     let app = spawn_app();
     let mut batch = Vec::new();
-    let mut flush = |batch: &mut Vec<Value>| {
+    let flush = |batch: &mut Vec<Value>| {
         if !batch.is_empty() {
             app.send(Value::Array(std::mem::take(batch)));
         }
@@ -240,7 +240,7 @@ fn clear_text_personal_data_never_reaches_the_file_the_wal_or_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let site = add_site(dir.path());
     let token = site["api_token"].as_str().unwrap().to_owned();
-    let server = ServerProcess::start_logging(dir.path(), "debug");
+    let server = ServerProcess::start_logging(dir.path(), Some("debug"));
     let email = "Jane.Doe.Secret@Example.COM";
     let phone = "+1 (555) 867-5309";
     let res = reqwest::blocking::Client::new()

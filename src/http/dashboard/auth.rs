@@ -250,3 +250,45 @@ impl Auth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_addresses_stay_bounded() {
+        let auth = Auth::new(Arc::default());
+        for i in 0..(MAX_TRACKED as u32 + 5_000) {
+            let ip = IpAddr::from(i.to_be_bytes());
+            drop(auth.begin(ip).unwrap());
+        }
+        let tracked = auth.failures.lock().unwrap().len();
+        assert!(tracked <= MAX_TRACKED, "{tracked}");
+    }
+
+    #[test]
+    fn a_sixth_attempt_in_the_window_is_refused_before_any_hashing() {
+        let auth = Auth::new(Arc::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            drop(auth.begin(ip).unwrap());
+        }
+        assert!(matches!(auth.begin(ip), Err(ApiError::RateLimited { .. })));
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(auth.begin(other).is_ok());
+    }
+
+    #[test]
+    fn password_checks_are_bounded() {
+        let auth = Auth::new(Arc::default());
+        let held: Vec<_> = (0..PASSWORD_CHECKS)
+            .map(|i| auth.begin(IpAddr::from([10, 0, 0, i as u8])).unwrap())
+            .collect();
+        assert!(matches!(
+            auth.begin("10.0.1.1".parse().unwrap()),
+            Err(ApiError::RateLimited { retry_after: 1 })
+        ));
+        drop(held);
+        assert!(auth.begin("10.0.1.1".parse().unwrap()).is_ok());
+    }
+}
