@@ -517,4 +517,28 @@ mod tests {
         assert_eq!(site, "k1");
         assert_eq!(e.source, Source::Pixel);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused_with_a_code(text in ".{0,400}") {
+            if let Err(e) = Event::parse(&text, Source::Server) {
+                proptest::prop_assert!(e.code.starts_with("invalid_"));
+            }
+            let _ = Event::parse_pixel(&text);
+        }
+
+        #[test]
+        fn valid_fields_come_back_as_sent(
+            id in "[a-zA-Z0-9_-]{1,40}",
+            name in "[a-z.]{1,30}",
+            total in -1_000_000i64..1_000_000,
+        ) {
+            let json = serde_json::json!({"event_id": id, "event_name": name, "properties": {"total": total}});
+            let e = Event::parse(&json.to_string(), Source::Server).unwrap();
+            proptest::prop_assert_eq!(e.event_id, id);
+            proptest::prop_assert_eq!(e.event_name, name);
+            let props: serde_json::Value = serde_json::from_str(&e.properties.unwrap()).unwrap();
+            proptest::prop_assert_eq!(props["total"].as_i64(), Some(total));
+        }
+    }
 }

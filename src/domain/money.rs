@@ -141,4 +141,17 @@ mod tests {
         };
         assert_eq!(revenue_of(&props, &settings), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused(text in ".{0,60}") {
+            let _ = Amount::parse(&text);
+        }
+
+        #[test]
+        fn decimals_round_trip_exactly(units in -999_999_999_999_999_999i128..=999_999_999_999_999_999) {
+            let a = Amount(units);
+            proptest::prop_assert_eq!(Amount::parse(&a.to_string()), Some(a));
+        }
+    }
 }

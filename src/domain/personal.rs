@@ -284,4 +284,14 @@ mod tests {
         hash_personal_properties(&mut odd);
         assert_eq!(odd["email"], Value::Null);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn hashed_keys_never_keep_the_clear_text(email in "[a-zA-Z0-9.]{1,20}@[a-z]{1,10}\\.[a-z]{2,3}", phone in "[0-9 +()-]{3,20}") {
+            let out = hash_user_data(serde_json::json!({"email": email, "phone": phone}).as_object().unwrap()).unwrap();
+            let text = serde_json::to_string(&out).unwrap();
+            proptest::prop_assert!(!text.contains(&email));
+            proptest::prop_assert!(is_sha256_hex(out["em"].as_str().unwrap()));
+        }
+    }
 }

@@ -140,4 +140,11 @@ mod tests {
             Err(ApiError::BadRequest { .. })
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_inflate_or_are_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2_000)) {
+            let _ = inflate(&bytes, 4096);
+        }
+    }
 }

@@ -135,4 +135,20 @@ mod tests {
         assert_eq!(parse_addr("2001:db8::1"), Some(ip("2001:db8::1")));
         assert_eq!(parse_addr("unknown"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_forwarded_header_resolves_to_some_address(xff in ".{0,80}", fwd in ".{0,80}") {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&fwd) {
+                h.insert(HeaderName::from_static("forwarded"), v);
+            }
+            let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+            let _ = resolve(ip("127.0.0.1"), &h, &trusted);
+            proptest::prop_assert_eq!(resolve(ip("8.8.8.8"), &h, &trusted), ip("8.8.8.8"));
+        }
+    }
 }

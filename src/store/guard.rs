@@ -348,4 +348,13 @@ mod tests {
         check(&c, "CREATE TABLE x AS SELECT 1", true).unwrap();
         assert!(check(&c, "CREATE TABLE x AS SELECT 1; SELECT 2", true).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn splitting_never_panics_and_never_invents_statements(sql in ".{0,300}") {
+            let parts = split_statements(&sql);
+            proptest::prop_assert!(parts.len() <= sql.matches(';').count() + 1);
+            proptest::prop_assert!(parts.iter().all(|p| !p.trim().is_empty()));
+        }
+    }
 }

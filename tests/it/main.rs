@@ -11,6 +11,7 @@ mod dashboard_api;
 mod dashboard_browser;
 mod dedup;
 mod hardening;
+mod hostile;
 mod ingest;
 mod keys;
 mod model;

@@ -399,4 +399,34 @@ mod tests {
             .await
             .is_err());
     }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    "(event_name|event_id|event_time|user_data|custom_data|em|[a-z]{1,5})",
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_data_element_maps_or_is_refused_with_a_code(v in json_value()) {
+            if let Err(e) = to_event(&v) {
+                proptest::prop_assert!(e.code.starts_with("invalid_"));
+            }
+        }
+    }
 }

@@ -359,4 +359,13 @@ mod tests {
             assert_eq!(to_event(json, None).unwrap_err().code, code, "{json}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_message_maps_or_is_refused_with_a_code(text in ".{0,300}") {
+            if let Err(e) = to_event(&text, None) {
+                proptest::prop_assert!(e.code.starts_with("invalid_"));
+            }
+        }
+    }
 }
