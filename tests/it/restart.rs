@@ -61,3 +61,20 @@ fn acknowledged_events_survive_sigkill_and_stay_deduplicated() {
     assert_eq!(count, format!("[{{\"n\":{acked},\"d\":{acked}}}]\n"));
     assert!(server.terminate());
 }
+
+#[test]
+fn the_crash_battery_loses_nothing_in_a_short_run() {
+    // The full battery is `scripts/crash.py --rounds 200` (BENCHMARKS.md).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crash.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--rounds", "3", "--quick", "--seed", "7", "--binary"])
+        .arg(tally_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((&summary["lost"], &summary["duplicates"]), (&json!(0), &json!(0)));
+    assert!(summary["acked"].as_u64().unwrap() > 0);
+}
