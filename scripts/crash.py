@@ -86,16 +86,14 @@ def checkpointer(tally, data_dir, stop, rng):
                        capture_output=True, timeout=30)
 
 
-def check(tally, data_dir, acked):
-    out = run(tally, data_dir, "sql",
-              "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events", "--format", "json")
-    row = json.loads(out)[0]
-    ids = set(acked)
-    stored = json.loads(run(tally, data_dir, "sql", "SELECT event_id FROM events", "--format", "json"))
-    stored_ids = {r["event_id"] for r in stored}
-    lost = len(ids - stored_ids)
-    duplicated = row["n"] - row["d"]
-    return lost, duplicated, row["n"]
+def check(tally, data_dir, acked_file):
+    """Lost = acknowledged ids missing from the store; duplicated = ids stored twice."""
+    q = ("SELECT (SELECT count(*) FROM read_csv('{f}', header=false, columns={{'id': 'VARCHAR'}}) a "
+         "ANTI JOIN events e ON e.event_id = a.id) AS lost, "
+         "(SELECT count(*) - count(DISTINCT event_id) FROM events) AS duplicated, "
+         "(SELECT count(*) FROM events) AS stored").format(f=acked_file)
+    row = json.loads(run(tally, data_dir, "sql", q, "--write", "--format", "json"))[0]
+    return row["lost"], row["duplicated"], row["stored"]
 
 
 def main():
@@ -109,6 +107,8 @@ def main():
     data_dir = tempfile.mkdtemp(prefix="tally-crash-")
     token = json.loads(run(a.binary, data_dir, "site", "add", "shop", "--origin", "https://shop.example.com", "--json"))["api_token"]
     acked, lock = [], threading.Lock()
+    acked_file = os.path.join(data_dir, "acked.csv")
+    written = 0
     total_lost = total_dup = 0
     for r in range(a.rounds):
         port = free_port()
@@ -139,7 +139,10 @@ def main():
         if ERRORS:
             print(f"round {r + 1}: {ERRORS[0]}", file=sys.stderr)
             sys.exit(1)
-        lost, duplicated, stored = check(a.binary, data_dir, acked)
+        with open(acked_file, "a") as f:
+            f.writelines(i + "\n" for i in acked[written:])
+        written = len(acked)
+        lost, duplicated, stored = check(a.binary, data_dir, acked_file)
         total_lost += lost
         total_dup += duplicated
         print(f"round {r + 1}/{a.rounds}: acked {len(acked)}, stored {stored}, lost {lost}, duplicates {duplicated}", flush=True)
