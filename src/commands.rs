@@ -9,6 +9,7 @@ use crate::cli::{
 };
 use crate::config::{Config, Overrides};
 use crate::control::forward::NewDestination;
+use crate::control::import::Progress;
 use crate::control::{self, client, Request, SiteChange};
 use crate::domain::forward::{Destination, Target};
 use crate::domain::SystemClock;
@@ -78,15 +79,21 @@ fn serve(config: Config) -> Result<()> {
 }
 
 /// Sends `request` to the running server, or runs it on the file directly.
+/// A long command shows a progress bar on a terminal's stderr.
 fn dispatch(config: &Config, request: Request) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let bar = ProgressBar::for_request(&request);
+    let mut progress = |p: Progress| bar.show(p);
     loop {
         if let Some(stream) = client::connect(&config.socket_path()) {
-            return client::call(stream, &request);
+            let answer = client::call(stream, &request, &mut progress);
+            bar.finish();
+            return answer;
         }
         match App::open(config.clone(), Arc::new(SystemClock)) {
             Ok(app) => {
-                let answer = control::execute(&app, request);
+                let answer = control::execute_with_progress(&app, request, &mut progress);
+                bar.finish();
                 app.shutdown();
                 return Ok(answer?);
             }
@@ -95,6 +102,40 @@ fn dispatch(config: &Config, request: Request) -> Result<Value> {
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The import's progress bar: bytes read of the file, rate and ETA, on a
+/// terminal only (nothing when stderr is piped or for other commands).
+struct ProgressBar(Option<indicatif::ProgressBar>);
+
+impl ProgressBar {
+    fn for_request(request: &Request) -> Self {
+        let wanted = matches!(request, Request::Import { .. }) && std::io::stderr().is_terminal();
+        Self(wanted.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {msg} ({bytes_per_sec}, {eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        }))
+    }
+
+    fn show(&self, p: Progress) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(p.total);
+            bar.set_position(p.bytes);
+            bar.set_message(format!("{} lines", p.lines));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
         }
     }
 }

@@ -116,11 +116,26 @@ impl From<StoreError> for ControlError {
     }
 }
 
+impl From<crate::ingest::IngestError> for ControlError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        ControlError(format!("import stopped: {e}; lines before it are stored"))
+    }
+}
+
 /// The settings key of the dashboard password hash.
 pub const PASSWORD_KEY: &str = "admin_password_hash";
 
 /// Runs one command; blocking (call it off async threads).
 pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
+    execute_with_progress(app, req, &mut |_| {})
+}
+
+/// [`execute`], telling `progress` how a long command (an import) advances.
+pub fn execute_with_progress(
+    app: &App,
+    req: Request,
+    progress: &mut dyn FnMut(import::Progress),
+) -> Result<Value, ControlError> {
     match req {
         Request::SiteAdd { name, origins } => Ok(json!(app.add_site(&name, &origins)?)),
         Request::SiteList => Ok(Value::Array(
@@ -153,7 +168,7 @@ pub fn execute(app: &App, req: Request) -> Result<Value, ControlError> {
             path,
             site,
             dry_run,
-        } => import::run(app, &path, &site, dry_run),
+        } => import::run(app, &path, &site, dry_run, progress),
         Request::Inspect {
             site,
             event_id,

@@ -2,7 +2,7 @@
 //! answer line out. The socket file is created owner-only (0600) in the data
 //! dir; whoever can use it can already read the DuckDB file.
 
-use super::{execute, Request};
+use super::{execute_with_progress, Request};
 use crate::app::App;
 use serde_json::json;
 use std::path::Path;
@@ -45,13 +45,30 @@ pub async fn serve(listener: UnixListener, app: Arc<App>) {
     }
 }
 
+/// One request, then progress lines (`{"progress": …}`, for imports) while
+/// it runs, then its answer line.
 async fn answer(stream: UnixStream, app: Arc<App>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
-            let result = tokio::task::spawn_blocking(move || execute(&app, req)).await;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut last = std::time::Instant::now();
+            let work = tokio::task::spawn_blocking(move || {
+                execute_with_progress(&app, req, &mut |p| {
+                    if last.elapsed() >= std::time::Duration::from_millis(200) {
+                        last = std::time::Instant::now();
+                        let _ = tx.send(p);
+                    }
+                })
+            });
+            while let Some(p) = rx.recv().await {
+                let mut text = json!({ "progress": p }).to_string();
+                text.push('\n');
+                write.write_all(text.as_bytes()).await?;
+            }
+            let result = work.await;
             match result {
                 Ok(Ok(value)) => json!({"ok": true, "result": value}),
                 Ok(Err(e)) => json!({"ok": false, "error": e.0}),

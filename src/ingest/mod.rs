@@ -217,6 +217,49 @@ impl Ingest {
         rx.await.unwrap_or(Err(IngestError::Closed))
     }
 
+    /// Queues like [`Ingest::ingest_blocking`] without waiting for the
+    /// answer, and waits for room in the queue instead of refusing: a
+    /// backfill yields to live traffic rather than failing (imports).
+    pub fn submit_patiently(
+        &self,
+        site: Arc<Site>,
+        events: Vec<Event>,
+        mode: Mode,
+    ) -> Result<oneshot::Receiver<Result<Outcome, IngestError>>, IngestError> {
+        let n = events.len();
+        while self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED_EVENTS {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(IngestError::Closed);
+        let (reply, rx) = oneshot::channel();
+        let copies = events
+            .into_iter()
+            .map(|e| Copy::prepare(&site, e))
+            .collect();
+        let job = Job {
+            site,
+            copies,
+            mode,
+            queued_at: std::time::Instant::now(),
+            reply,
+        };
+        // A blocking send: the caller is a CLI thread, never an HTTP worker.
+        if tx
+            .and_then(|tx| tx.send(job).map_err(|_| IngestError::Closed))
+            .is_err()
+        {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(IngestError::Closed);
+        }
+        Ok(rx)
+    }
+
     /// Blocking variant for the CLI (imports and their dry runs).
     pub fn ingest_blocking(
         &self,

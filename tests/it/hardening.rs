@@ -128,23 +128,27 @@ fn finding_2_parallel_logins_are_bounded_and_counted_before_hashing() {
         }
     });
     let statuses = statuses.lock().unwrap().clone();
-    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let mut wrong = statuses.iter().filter(|s| **s == 401).count();
     assert_eq!(statuses.len(), 256);
     assert!(
         statuses.iter().all(|s| *s == 401 || *s == 429),
         "{statuses:?}"
     );
-    assert!(
-        wrong <= 5,
-        "{wrong} passwords were checked from one address; the limit is 5"
-    );
     assert!(peak < 300, "RSS peaked at {peak} MiB");
-    // Locked out now, even with the right password.
-    let res = reqwest::blocking::Client::new()
-        .post(format!("{}/api/login", server.base))
-        .json(&json!({"password": "right-password-1"}))
-        .send()
-        .unwrap();
+    // However the burst went, one address gets five wrong passwords in
+    // all, then it is locked out, even with the right password.
+    let attempt = |password: &str| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/api/login", server.base))
+            .json(&json!({ "password": password }))
+            .send()
+            .unwrap()
+    };
+    while attempt("wrong-password").status() == 401 {
+        wrong += 1;
+    }
+    assert_eq!(wrong, 5, "passwords checked from one address");
+    let res = attempt("right-password-1");
     assert_eq!(res.status(), 429);
     assert!(res.headers().contains_key("retry-after"));
 }
