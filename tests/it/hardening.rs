@@ -34,7 +34,9 @@ fn peak_rss_mib(server: &ServerProcess, f: impl FnOnce()) -> u64 {
     f();
     done.store(true, Ordering::SeqCst);
     sampler.join().unwrap();
-    peak.load(Ordering::SeqCst) / 1024
+    let mib = peak.load(Ordering::SeqCst) / 1024;
+    eprintln!("peak RSS {mib} MiB");
+    mib
 }
 
 fn pixel_to(base: &str, site_key: &str, body: Value) -> reqwest::blocking::Response {
@@ -236,57 +238,60 @@ fn finding_4_slow_bodies_are_cut_off_and_the_open_file_limit_is_raised() {
         "soft limit raised to the hard one: {files}"
     );
     let addr = server.base.trim_start_matches("http://").to_owned();
-    let started = Instant::now();
-    let slow: Vec<_> = (0..60)
-        .map(|_| {
-            let (addr, token) = (addr.clone(), token.clone());
-            std::thread::spawn(move || -> Duration {
-                let mut s = TcpStream::connect(&addr).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                let head = format!(
-                    "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-                     Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-                );
-                s.write_all(head.as_bytes()).unwrap();
-                let t0 = Instant::now();
-                let mut buf = [0u8; 512];
-                loop {
-                    // One byte every 2 s until the server answers or hangs up.
-                    if s.write_all(b" ").is_err() {
-                        return t0.elapsed();
-                    }
-                    match s.read(&mut buf) {
-                        Ok(0) => return t0.elapsed(),
-                        Ok(n) => {
-                            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let peak = peak_rss_mib(&server, || {
+        let started = Instant::now();
+        let slow: Vec<_> = (0..60)
+            .map(|_| {
+                let (addr, token) = (addr.clone(), token.clone());
+                std::thread::spawn(move || -> Duration {
+                    let mut s = TcpStream::connect(&addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                    let head = format!(
+                        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                    );
+                    s.write_all(head.as_bytes()).unwrap();
+                    let t0 = Instant::now();
+                    let mut buf = [0u8; 512];
+                    loop {
+                        // One byte every 2 s until the server answers or hangs up.
+                        if s.write_all(b" ").is_err() {
                             return t0.elapsed();
                         }
-                        Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                        match s.read(&mut buf) {
+                            Ok(0) => return t0.elapsed(),
+                            Ok(n) => {
+                                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+                                return t0.elapsed();
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                        }
+                        assert!(t0.elapsed() < Duration::from_secs(60), "never cut off");
                     }
-                    assert!(t0.elapsed() < Duration::from_secs(60), "never cut off");
-                }
+                })
             })
-        })
-        .collect();
-    // Meanwhile the appliance answers everyone else.
-    std::thread::sleep(Duration::from_secs(2));
-    let health = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    for t in slow {
-        let held = t.join().unwrap();
-        assert!(
-            held < Duration::from_secs(35),
-            "a slow body held a connection for {held:?}"
-        );
-    }
-    assert!(started.elapsed() < Duration::from_secs(60));
+            .collect();
+        // Meanwhile the appliance answers everyone else.
+        std::thread::sleep(Duration::from_secs(2));
+        let health = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        for t in slow {
+            let held = t.join().unwrap();
+            assert!(
+                held < Duration::from_secs(35),
+                "a slow body held a connection for {held:?}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+    });
+    assert!(peak < 300, "RSS peaked at {peak} MiB");
 }
 
 #[test]

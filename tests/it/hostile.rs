@@ -218,6 +218,25 @@ fn ten_thousand_malformed_requests_per_ingest_endpoint_get_4xx_and_store_nothing
         Endpoint::Track,
         Endpoint::Meta,
     ];
+    let pid = server.child.id();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, watching) = (peak.clone(), watching.clone());
+        std::thread::spawn(move || {
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let kib: u64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0);
+                peak.fetch_max(kib, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
     let threads: Vec<_> = endpoints
         .into_iter()
         .enumerate()
@@ -253,6 +272,11 @@ fn ten_thousand_malformed_requests_per_ingest_endpoint_get_4xx_and_store_nothing
             "{statuses:?}"
         );
     }
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    sampler.join().unwrap();
+    let peak_mib = peak.load(std::sync::atomic::Ordering::SeqCst) / 1024;
+    eprintln!("peak RSS {peak_mib} MiB");
+    assert!(peak_mib < 300, "RSS peaked at {peak_mib} MiB");
     let health = reqwest::blocking::get(format!("{}/healthz", server.base)).unwrap();
     assert_eq!(health.status(), 200);
     let log = server.terminate_and_log();
