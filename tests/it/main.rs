@@ -15,6 +15,7 @@ mod hostile;
 mod ingest;
 mod keys;
 mod model;
+mod operations;
 mod ops;
 mod pixel;
 mod pixel_browser;
