@@ -11,12 +11,11 @@
 use super::ControlError;
 use crate::app::App;
 use crate::domain::{Event, EventError, Source};
-use crate::ingest::{IngestError, Mode, Outcome};
+use crate::ingest::{Answer, IngestError, Mode};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use tokio::sync::oneshot;
 
 /// Events handed to the writer at a time.
 const CHUNK: usize = 5_000;
@@ -36,8 +35,6 @@ pub struct Progress {
     pub lines: u64,
 }
 
-type Pending = oneshot::Receiver<Result<Outcome, IngestError>>;
-
 /// Counts of an import, summed as chunks are answered.
 #[derive(Default)]
 struct Tally {
@@ -49,7 +46,7 @@ struct Tally {
 
 impl Tally {
     /// Waits for the oldest chunk in flight and adds its outcome.
-    fn settle(&mut self, pending: &mut VecDeque<Pending>) -> Result<(), ControlError> {
+    fn settle(&mut self, pending: &mut VecDeque<Answer>) -> Result<(), ControlError> {
         let Some(rx) = pending.pop_front() else {
             return Ok(());
         };
@@ -94,7 +91,7 @@ pub fn run(
         Mode::Import
     };
     let mut tally = Tally::default();
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pending: VecDeque<Answer> = VecDeque::new();
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut at = Progress {
         total,

@@ -103,6 +103,29 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, IngestError>>,
 }
 
+/// Where a job's answer arrives, after its commit.
+pub type Answer = oneshot::Receiver<Result<Outcome, IngestError>>;
+
+impl Job {
+    /// A job for `events` of `site`, their keys computed here (on the
+    /// caller's thread, not the writer's), and the receiver of its answer.
+    fn new(site: Arc<Site>, events: Vec<Event>, mode: Mode) -> (Job, Answer) {
+        let (reply, rx) = oneshot::channel();
+        let copies = events
+            .into_iter()
+            .map(|e| Copy::prepare(&site, e))
+            .collect();
+        let job = Job {
+            site,
+            copies,
+            mode,
+            queued_at: std::time::Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+}
+
 /// Handle to the writer thread.
 pub struct Ingest {
     tx: Mutex<Option<Sender<Job>>>,
@@ -172,24 +195,13 @@ impl Ingest {
         site: Arc<Site>,
         events: Vec<Event>,
         mode: Mode,
-    ) -> Result<oneshot::Receiver<Result<Outcome, IngestError>>, IngestError> {
+    ) -> Result<Answer, IngestError> {
         let n = events.len();
         if self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED_EVENTS && n > 0 {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(IngestError::QueueFull);
         }
-        let (reply, rx) = oneshot::channel();
-        let copies = events
-            .into_iter()
-            .map(|e| Copy::prepare(&site, e))
-            .collect();
-        let job = Job {
-            site,
-            copies,
-            mode,
-            queued_at: std::time::Instant::now(),
-            reply,
-        };
+        let (job, rx) = Job::new(site, events, mode);
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match guard.as_ref() {
             Some(tx) => tx.try_send(job).map_err(|e| match e {
@@ -198,11 +210,16 @@ impl Ingest {
             }),
             None => Err(IngestError::Closed),
         };
-        if let Err(e) = sent {
-            self.queued.fetch_sub(n, Ordering::SeqCst);
-            return Err(e);
-        }
+        self.unless_sent(sent, n)?;
         Ok(rx)
+    }
+
+    /// Gives back the queue room of `n` events when a job was not sent.
+    fn unless_sent(&self, sent: Result<(), IngestError>, n: usize) -> Result<(), IngestError> {
+        if sent.is_err() {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+        }
+        sent
     }
 
     /// Stores `events` of `site` (or, in test mode, decides them) and waits
@@ -225,38 +242,20 @@ impl Ingest {
         site: Arc<Site>,
         events: Vec<Event>,
         mode: Mode,
-    ) -> Result<oneshot::Receiver<Result<Outcome, IngestError>>, IngestError> {
+    ) -> Result<Answer, IngestError> {
         let n = events.len();
         while self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED_EVENTS {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(IngestError::Closed);
-        let (reply, rx) = oneshot::channel();
-        let copies = events
-            .into_iter()
-            .map(|e| Copy::prepare(&site, e))
-            .collect();
-        let job = Job {
-            site,
-            copies,
-            mode,
-            queued_at: std::time::Instant::now(),
-            reply,
-        };
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (job, rx) = Job::new(site, events, mode);
         // A blocking send: the caller is a CLI thread, never an HTTP worker.
-        if tx
-            .and_then(|tx| tx.send(job).map_err(|_| IngestError::Closed))
-            .is_err()
-        {
-            self.queued.fetch_sub(n, Ordering::SeqCst);
-            return Err(IngestError::Closed);
-        }
+        let sent = match tx {
+            Some(tx) => tx.send(job).map_err(|_| IngestError::Closed),
+            None => Err(IngestError::Closed),
+        };
+        self.unless_sent(sent, n)?;
         Ok(rx)
     }
 

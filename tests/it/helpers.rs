@@ -133,6 +133,16 @@ impl TestApp {
             .unwrap();
     }
 
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// Runs a read-only query on the running app's store.
     pub fn query(&self, sql: &str) -> Vec<Vec<Value>> {
         let conn = self.app.store.connect().unwrap();

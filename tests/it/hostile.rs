@@ -13,23 +13,20 @@ use std::sync::Arc;
 /// Requests per endpoint.
 const PER_ENDPOINT: usize = 10_000;
 
-/// A tiny xorshift generator: repeatable cases, no dependency.
-struct Rng(u64);
+/// Repeatable cases from a seeded generator.
+struct Rng(rand::rngs::StdRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+    fn seeded(seed: u64) -> Self {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        rand::Rng::gen_range(&mut self.0, 0..n)
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| rand::Rng::gen(&mut self.0)).collect()
     }
 }
 
@@ -252,7 +249,7 @@ fn ten_thousand_malformed_requests_per_ingest_endpoint_get_4xx_and_store_nothing
                     .timeout(std::time::Duration::from_secs(30))
                     .build()
                     .unwrap();
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+                let mut rng = Rng::seeded(i as u64 + 1);
                 let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
                 for _ in 0..PER_ENDPOINT {
                     let (body, headers) = hostile(endpoint, &key, &mut rng, &bomb);

@@ -130,13 +130,7 @@ fn metrics_count_requests_by_route_and_status_and_open_connections() {
     app.send(json!([event("a", "n")]));
     app.post_events_raw("nope".into(), Some(&app.token));
     app.post_events_raw("{}".into(), Some("wrong"));
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = app.metrics();
     for line in [
         r#"tally_http_requests_total{endpoint="events",status="200"} 1"#,
         r#"tally_http_requests_total{endpoint="events",status="400"} 1"#,

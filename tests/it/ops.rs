@@ -18,13 +18,7 @@ fn healthz_is_200_while_the_store_is_writable() {
 fn metrics_count_events_by_source_and_fate() {
     let app = spawn_app();
     app.send(json!([event("a", "n"), event("a", "n"), {"event_id": ""}]));
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = app.metrics();
     assert!(
         text.contains(r#"tally_events_total{source="server",fate="accepted"} 1"#),
         "{text}"

@@ -8,13 +8,7 @@ use serde_json::{json, Value};
 
 /// Everything test mode must leave alone: row counts and the event counters.
 fn footprint(app: &TestApp) -> (i64, i64, Vec<String>) {
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = app.metrics();
     (
         app.count("SELECT count(*) FROM events"),
         app.count("SELECT count(*) FROM duplicates"),
