@@ -182,8 +182,15 @@ async function refresh() {
     nearMisses: api('/api/near-misses?' + siteOnly),
   };
   const keys = Object.keys(calls);
-  const values = await Promise.all(Object.values(calls));
+  let values;
+  try {
+    values = await Promise.all(Object.values(calls));
+  } catch (e) {
+    if (generation === state.generation) $('view-error').textContent = e.message;
+    return;
+  }
   if (generation !== state.generation) return; // a newer view is on its way
+  $('view-error').textContent = '';
   const d = Object.fromEntries(keys.map((k, i) => [k, values[i]]));
   state.data = d;
   drawSummary(d.summary);
@@ -400,7 +407,13 @@ function showInspected(id) {
 }
 
 async function inspect(id) {
-  const result = await api('/api/events/lookup?' + new URLSearchParams({ site: state.site, event_id: id }));
+  let result;
+  try {
+    result = await api('/api/events/lookup?' + new URLSearchParams({ site: state.site, event_id: id }));
+  } catch (e) {
+    $('inspect-result').replaceChildren(el('p', { class: 'error' }, e.message));
+    return;
+  }
   const blocks = result.events.map((e) => el('div', { class: 'inspected' },
     el('p', {}, el('b', {}, e.event_name), ` · ${e.event_id} · kept the ${e.kept_source} copy · seen from ${e.sources_seen.join(', ')} · window from ${e.window_start}`),
     copiesTable(e.copies)));
@@ -524,6 +537,7 @@ function csvText(card) {
 }
 
 function download(card) {
+  if (!state.data.summary) return; // nothing loaded yet
   const blob = new Blob([csvText(card)], { type: 'text/csv;charset=utf-8' });
   const url = URL.createObjectURL(blob);
   const name = `tally-${state.site}-${card}-${state.range === 'custom' ? `${state.from}-${state.to}` : state.range}.csv`;

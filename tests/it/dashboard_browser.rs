@@ -330,6 +330,12 @@ fn a_los_angeles_site_shows_late_evening_on_its_local_day_across_dst() {
         app.base
     ));
     eventually("the next local day", || b.text("#card-unique") == "0");
+    // A URL edited by hand into a range the API refuses says why.
+    b.goto(&format!("{}/?site=shop&range=1y", app.base));
+    eventually("the refusal", || {
+        b.text("#view-error")
+            .contains("range must be 24h, 7d, 30d or custom")
+    });
 }
 
 #[test]
