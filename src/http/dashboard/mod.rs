@@ -1,5 +1,8 @@
 //! The dashboard: its embedded page and the JSON API under `/api/` that the
-//! page (and any script holding a session cookie) uses.
+//! page (and any script holding a session cookie) uses. `cards` holds the
+//! per-site cards (a period in the site's zone, a filter); `api` the rest:
+//! login, sites, the inspector, near misses, forwarding, the payload tester
+//! and the live feed.
 
 mod api;
 pub mod auth;
