@@ -38,6 +38,12 @@ impl ManualClock {
     pub fn advance_secs(&self, secs: i64) {
         self.0.fetch_add(secs * 1_000_000, Ordering::SeqCst);
     }
+
+    /// Sets the clock to `micros` since the epoch (before any event is
+    /// sent: dedup windows expect time to move forward).
+    pub fn set_micros(&self, micros: i64) {
+        self.0.store(micros, Ordering::SeqCst);
+    }
 }
 
 impl Clock for ManualClock {

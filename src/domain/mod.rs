@@ -8,6 +8,7 @@ pub mod key;
 pub mod money;
 pub mod near_miss;
 pub mod password;
+pub mod period;
 pub mod personal;
 pub mod row;
 pub mod site;

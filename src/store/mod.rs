@@ -6,6 +6,7 @@
 //! connection from [`Store::connect`], and the ingest writer owns one of them.
 
 pub mod backup;
+pub mod conversions;
 pub mod events;
 pub mod export;
 pub mod guard;

@@ -1,28 +1,120 @@
-//! The dashboard's queries: per site and time range, over `events` and
-//! `duplicates`. Times are UTC `TIMESTAMP`s; ranges are half-open `[from, to)`.
+//! The dashboard's queries: per site, period and filter, over `events` and
+//! `duplicates`. Times are UTC `TIMESTAMP`s; periods are half-open
+//! `[from, to)` and computed in the site's zone by [`crate::domain::period`].
+//! Charts group by 15-minute UTC slot in SQL and fold the slots into local
+//! hours and days in Rust, since DuckDB here cannot convert zones.
 
 use super::{timestamp, Result};
+use crate::domain::period::Period;
+use crate::domain::Source;
 use crate::store::sql::format_timestamp;
-use duckdb::{params, Connection};
+use duckdb::types::Value;
+use duckdb::{params, params_from_iter, Connection};
 use serde::Serialize;
 
-/// A time range in µs since the epoch, `[from, to)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    /// Start, inclusive.
-    pub from: i64,
-    /// End, exclusive.
-    pub to: i64,
+/// Narrows every card to some events: all given conditions hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Filter {
+    /// Only events of this name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Only events with this `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<String>,
+    /// Only events with this `referrer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrer: Option<String>,
+    /// Only events this source sent a copy of (and, for dropped copies,
+    /// copies this source sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
-impl Range {
-    /// Chart bucket width for this range: hours up to 3 days, else days.
-    pub fn bucket(self) -> &'static str {
-        if self.to - self.from <= 3 * 86_400 * 1_000_000 {
-            "hour"
-        } else {
-            "day"
+/// What a card reads: one site's events in a period, under a filter.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Site name.
+    pub site: String,
+    /// The period, in the site's zone.
+    pub period: Period,
+    /// The filter.
+    pub filter: Filter,
+}
+
+/// A SQL condition and its parameters, in order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Where {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Value>,
+}
+
+impl Where {
+    fn and(mut self, condition: &str, params: impl IntoIterator<Item = Value>) -> Self {
+        if !self.sql.is_empty() {
+            self.sql.push_str(" AND ");
         }
+        self.sql.push_str(condition);
+        self.params.extend(params);
+        self
+    }
+
+    fn and_if(self, value: &Option<String>, condition: &str) -> Self {
+        match value {
+            Some(v) => self.and(condition, [Value::Text(v.clone())]),
+            None => self,
+        }
+    }
+}
+
+impl Scope {
+    /// The site's events under the filter, at any time.
+    pub(crate) fn any_time(&self) -> Where {
+        let f = &self.filter;
+        let w = Where::default()
+            .and("site = ?", [Value::Text(self.site.clone())])
+            .and_if(&f.event, "event_name = ?")
+            .and_if(&f.page, "url = ?")
+            .and_if(&f.referrer, "referrer = ?");
+        match f.source {
+            Some(s) => w.and(&format!("seen_{}", s.as_str()), []),
+            None => w,
+        }
+    }
+
+    /// The site's events under the filter that happened in the period.
+    pub(crate) fn events(&self) -> Where {
+        self.any_time().and(
+            "occurred_at >= ? AND occurred_at < ?",
+            [timestamp(self.period.from), timestamp(self.period.to)],
+        )
+    }
+
+    /// The site's dropped copies under the filter, at any time: by name and
+    /// the copy's own source; a page or referrer filter matches the kept
+    /// event of the same name and id.
+    pub(crate) fn dropped(&self) -> Where {
+        let f = &self.filter;
+        let mut w = Where::default()
+            .and("site = ?", [Value::Text(self.site.clone())])
+            .and_if(&f.event, "event_name = ?");
+        if let Some(s) = f.source {
+            w = w.and("source = ?", [Value::Text(s.as_str().to_owned())]);
+        }
+        if f.page.is_some() || f.referrer.is_some() {
+            let kept = Where::default()
+                .and_if(&f.page, "e.url = ?")
+                .and_if(&f.referrer, "e.referrer = ?");
+            w = w.and(
+                &format!(
+                    "EXISTS (SELECT 1 FROM events e WHERE e.site = duplicates.site \
+                     AND e.event_name = duplicates.event_name AND e.event_id = duplicates.event_id \
+                     AND {})",
+                    kept.sql
+                ),
+                kept.params,
+            );
+        }
+        w
     }
 }
 
@@ -31,7 +123,7 @@ impl Range {
 pub struct Summary {
     /// Unique events in the range.
     pub unique_events: u64,
-    /// Copies dropped in the range.
+    /// Copies dropped in the range (by their arrival).
     pub duplicates: u64,
     /// Copies dropped in the 24 hours before now.
     pub duplicates_24h: u64,
@@ -50,7 +142,8 @@ pub struct Summary {
 /// One bucket of the events-over-time chart.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Point {
-    /// Bucket start, `YYYY-MM-DD HH:MM:SS` UTC.
+    /// The bucket's local start: a day (`2026-11-01`) or an hour with its
+    /// offset (`2026-11-01T01:00:00-07:00`).
     pub t: String,
     /// Unique events only the pixel delivered.
     pub pixel_only: u64,
@@ -76,9 +169,9 @@ pub struct Top {
 pub enum TopKind {
     /// `event_name`.
     Events,
-    /// `url` of page views.
+    /// `url` (of page views, unless an event filter names another event).
     Pages,
-    /// `referrer` of page views.
+    /// `referrer` (of page views, unless an event filter names another event).
     Referrers,
 }
 
@@ -97,39 +190,41 @@ pub struct Recent {
     pub url: Option<String>,
 }
 
-fn u(v: i64) -> u64 {
+pub(crate) fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-/// The cards' numbers for `site` in `range`; `now` bounds "last 24 h".
-pub fn summary(conn: &Connection, site: &str, range: Range, now: i64) -> Result<Summary> {
+/// The cards' numbers for `scope`; `now` bounds "last 24 h".
+pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
+    let w = scope.events();
+    let sql = format!(
+        "SELECT count(*), count(*) FILTER (WHERE seen_pixel), count(*) FILTER (WHERE seen_server), \
+         count(*) FILTER (WHERE seen_pixel AND seen_server), \
+         count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) \
+         FROM events WHERE {}",
+        w.sql
+    );
     let (unique, pixel, server, both, import_only): (i64, i64, i64, i64, i64) = conn
-        .prepare_cached(
-            "SELECT count(*), count(*) FILTER (WHERE seen_pixel), count(*) FILTER (WHERE seen_server), \
-             count(*) FILTER (WHERE seen_pixel AND seen_server), \
-             count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) \
-             FROM events WHERE site = ? AND occurred_at >= ? AND occurred_at < ?",
-        )?
-        .query_row(params![site, timestamp(range.from), timestamp(range.to)], |r| {
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(&w.params), |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?;
+    let day_ago = now - 86_400_000_000;
+    let d = scope.dropped();
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE received_at >= ? AND received_at < ?), \
+         count(*) FILTER (WHERE received_at >= ?) \
+         FROM duplicates WHERE {} AND received_at >= least(?, ?)",
+        d.sql
+    );
+    let (from, to) = (scope.period.from, scope.period.to);
+    let params = [timestamp(from), timestamp(to), timestamp(day_ago)]
+        .into_iter()
+        .chain(d.params)
+        .chain([timestamp(from), timestamp(day_ago)]);
     let (dups, dups_24h): (i64, i64) = conn
-        .prepare_cached(
-            "SELECT count(*) FILTER (WHERE received_at >= ? AND received_at < ?), \
-             count(*) FILTER (WHERE received_at >= ?) \
-             FROM duplicates WHERE site = ? AND received_at >= least(?, ?)",
-        )?
-        .query_row(
-            params![
-                timestamp(range.from),
-                timestamp(range.to),
-                timestamp(now - 86_400_000_000),
-                site,
-                timestamp(range.from),
-                timestamp(now - 86_400_000_000)
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))?;
     let total = unique + dups;
     Ok(Summary {
         unique_events: u(unique),
@@ -147,91 +242,95 @@ pub fn summary(conn: &Connection, site: &str, range: Range, now: i64) -> Result<
     })
 }
 
-/// Unique events per bucket, split by who delivered them; empty buckets included.
-pub fn series(conn: &Connection, site: &str, range: Range) -> Result<Vec<Point>> {
-    let bucket = range.bucket();
-    let step = if bucket == "hour" { "1 HOUR" } else { "1 DAY" };
+/// Unique events per local bucket of the period, split by who delivered
+/// them; empty buckets included.
+pub fn series(conn: &Connection, scope: &Scope) -> Result<Vec<Point>> {
+    let w = scope.events();
     let sql = format!(
-        "WITH buckets AS ( \
-            SELECT unnest(generate_series(date_trunc('{bucket}', ?::TIMESTAMP), ?::TIMESTAMP - INTERVAL 1 MICROSECOND, INTERVAL {step})) AS t), \
-         counts AS ( \
-            SELECT date_trunc('{bucket}', occurred_at) AS t, \
-                   count(*) FILTER (WHERE seen_pixel AND NOT seen_server) AS pixel_only, \
-                   count(*) FILTER (WHERE seen_server AND NOT seen_pixel) AS server_only, \
-                   count(*) FILTER (WHERE seen_pixel AND seen_server) AS n_both, \
-                   count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) AS import_only \
-            FROM events WHERE site = ? AND occurred_at >= ? AND occurred_at < ? GROUP BY 1) \
-         SELECT epoch_us(b.t), coalesce(pixel_only, 0), coalesce(server_only, 0), coalesce(n_both, 0), coalesce(import_only, 0) \
-         FROM buckets b LEFT JOIN counts c USING (t) ORDER BY 1"
+        "SELECT epoch_us(time_bucket(INTERVAL 15 MINUTES, occurred_at)), \
+         count(*) FILTER (WHERE seen_pixel AND NOT seen_server), \
+         count(*) FILTER (WHERE seen_server AND NOT seen_pixel), \
+         count(*) FILTER (WHERE seen_pixel AND seen_server), \
+         count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) \
+         FROM events WHERE {} GROUP BY 1",
+        w.sql
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(
-            params![
-                timestamp(range.from),
-                timestamp(range.to),
-                site,
-                timestamp(range.from),
-                timestamp(range.to)
-            ],
-            |r| {
-                Ok(Point {
-                    t: format_timestamp(r.get(0)?),
-                    pixel_only: u(r.get(1)?),
-                    server_only: u(r.get(2)?),
-                    both: u(r.get(3)?),
-                    import_only: u(r.get(4)?),
-                })
-            },
-        )?
+    let slots = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(&w.params), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?].map(u),
+            ))
+        })?
         .collect::<duckdb::Result<Vec<_>>>()?;
-    Ok(rows)
+    let period = scope.period;
+    let bucket = period.bucket;
+    Ok(period
+        .fold(bucket, slots, add4)
+        .into_iter()
+        .map(
+            |(start, [pixel_only, server_only, both, import_only])| Point {
+                t: period.label(bucket, start),
+                pixel_only,
+                server_only,
+                both,
+                import_only,
+            },
+        )
+        .collect())
+}
+
+/// Adds four counters.
+pub(crate) fn add4(a: &mut [u64; 4], b: &[u64; 4]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
 }
 
 /// The `limit` most frequent event names, pages or referrers.
-pub fn top(
-    conn: &Connection,
-    site: &str,
-    range: Range,
-    kind: TopKind,
-    limit: u32,
-) -> Result<Vec<Top>> {
-    let (column, filter) = match kind {
-        TopKind::Events => ("event_name", ""),
-        TopKind::Pages => ("url", "AND event_name = 'page.view' AND url IS NOT NULL"),
-        TopKind::Referrers => (
-            "referrer",
-            "AND event_name = 'page.view' AND referrer IS NOT NULL",
-        ),
+pub fn top(conn: &Connection, scope: &Scope, kind: TopKind, limit: u32) -> Result<Vec<Top>> {
+    let page_views = if scope.filter.event.is_none() {
+        " AND event_name = 'page.view'"
+    } else {
+        ""
     };
+    let (column, extra) = match kind {
+        TopKind::Events => ("event_name", String::new()),
+        TopKind::Pages => ("url", format!(" AND url IS NOT NULL{page_views}")),
+        TopKind::Referrers => ("referrer", format!(" AND referrer IS NOT NULL{page_views}")),
+    };
+    let w = scope.events();
     let sql = format!(
-        "SELECT {column}, count(*) AS n FROM events \
-         WHERE site = ? AND occurred_at >= ? AND occurred_at < ? {filter} \
-         GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?"
+        "SELECT {column}, count(*) AS n FROM events WHERE {}{extra} \
+         GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
+        w.sql
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(
-            params![site, timestamp(range.from), timestamp(range.to), limit],
-            |r| {
-                Ok(Top {
-                    value: r.get(0)?,
-                    count: u(r.get(1)?),
-                })
-            },
-        )?
+    let params = w.params.into_iter().chain([Value::UInt(limit)]);
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(params), |r| {
+            Ok(Top {
+                value: r.get(0)?,
+                count: u(r.get(1)?),
+            })
+        })?
         .collect::<duckdb::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
-/// The `limit` unique events that arrived last.
-pub fn recent(conn: &Connection, site: &str, limit: u32) -> Result<Vec<Recent>> {
-    let mut stmt = conn.prepare_cached(
+/// The `limit` unique events under the filter that arrived last, at any time.
+pub fn recent(conn: &Connection, scope: &Scope, limit: u32) -> Result<Vec<Recent>> {
+    let w = scope.any_time();
+    let sql = format!(
         "SELECT event_name, event_id, source, epoch_us(occurred_at), url FROM events \
-         WHERE site = ? ORDER BY received_at DESC LIMIT ?",
-    )?;
-    let rows = stmt
-        .query_map(params![site, limit], |r| {
+         WHERE {} ORDER BY received_at DESC LIMIT ?",
+        w.sql
+    );
+    let params = w.params.into_iter().chain([Value::UInt(limit)]);
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(params), |r| {
             Ok(Recent {
                 event_name: r.get(0)?,
                 event_id: r.get(1)?,

@@ -153,6 +153,33 @@ impl Browser {
         .to_owned()
     }
 
+    /// The current page's URL.
+    pub fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", Value::Null)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The browser's back button.
+    pub fn back(&self) {
+        self.call(reqwest::Method::POST, "/back", json!({}));
+    }
+
+    /// Reloads the page.
+    pub fn reload(&self) {
+        self.call(reqwest::Method::POST, "/refresh", json!({}));
+    }
+
+    /// Resizes the window (a tall window screenshots the whole page).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        );
+    }
+
     /// A PNG screenshot of the viewport.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;

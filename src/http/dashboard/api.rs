@@ -3,13 +3,11 @@
 
 use super::auth::Auth;
 use crate::app::App;
-use crate::domain::time::parse_day_or_instant;
 use crate::domain::Site;
 use crate::http::assets::dashboard_files;
 use crate::http::body;
 use crate::http::client_ip::client_ip;
 use crate::http::error::ApiError;
-use crate::store::stats::{self, Range, TopKind};
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -17,8 +15,6 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-
-const DAY: i64 = 86_400 * 1_000_000;
 
 /// `GET /`: the dashboard page.
 pub async fn index(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -87,7 +83,7 @@ pub async fn session(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(json!({ "csrf": s.csrf })))
 }
 
-/// `GET /api/sites`: names, keys and snippets.
+/// `GET /api/sites`: names, keys, snippets, time zones and revenue rules.
 pub async fn sites(
     app: web::Data<App>,
     auth: web::Data<Auth>,
@@ -98,146 +94,30 @@ pub async fn sites(
         .sites
         .all()
         .iter()
-        .map(|s| json!({"name": s.name, "site_key": s.site_key, "origins": s.origins, "snippet": app.snippet(&s.site_key)}))
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "site_key": s.site_key,
+                "origins": s.origins,
+                "snippet": app.snippet(&s.site_key),
+                "timezone": s.settings.timezone.name(),
+                "revenue_properties": s.settings.revenue_properties(),
+            })
+        })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "sites": sites, "public_url": app.public_url() })))
 }
 
-/// Query string of the per-site calls.
+/// Query string of the calls that only name a site.
 #[derive(Deserialize)]
-pub struct Query {
+pub struct SiteQuery {
     site: String,
-    range: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    kind: Option<String>,
-    limit: Option<u32>,
 }
 
-impl Query {
+impl SiteQuery {
     fn site(&self, app: &App) -> Result<Arc<Site>, ApiError> {
         Ok(app.site(&self.site)?)
     }
-
-    /// `range=24h|7d|30d` ending now, or `range=custom&from=…&to=…` (days,
-    /// `to` inclusive, or RFC 3339 instants).
-    fn range(&self, now: i64) -> Result<Range, ApiError> {
-        let bad = |m: &str| ApiError::bad_request("invalid_range", m.to_owned());
-        let days = match self.range.as_deref().unwrap_or("7d") {
-            "24h" => 1,
-            "7d" => 7,
-            "30d" => 30,
-            "custom" => {
-                let from = parse_day_or_instant(
-                    self.from
-                        .as_deref()
-                        .ok_or_else(|| bad("custom needs from"))?,
-                    false,
-                )
-                .ok_or_else(|| bad("from must be YYYY-MM-DD or RFC 3339"))?;
-                let to = parse_day_or_instant(
-                    self.to.as_deref().ok_or_else(|| bad("custom needs to"))?,
-                    true,
-                )
-                .ok_or_else(|| bad("to must be YYYY-MM-DD or RFC 3339"))?;
-                if to <= from || to - from > 400 * DAY {
-                    return Err(bad("to must be after from, at most 400 days later"));
-                }
-                return Ok(Range { from, to });
-            }
-            _ => return Err(bad("range must be 24h, 7d, 30d or custom")),
-        };
-        Ok(Range {
-            from: now - days * DAY,
-            to: now + 1,
-        })
-    }
-}
-
-/// Runs a store query for a logged-in request on a blocking thread.
-async fn query<T: serde::Serialize + Send + 'static>(
-    app: web::Data<App>,
-    auth: &Auth,
-    req: &HttpRequest,
-    q: web::Query<Query>,
-    f: impl FnOnce(&duckdb::Connection, &str, Range, i64, &Query) -> crate::store::Result<T>
-        + Send
-        + 'static,
-) -> Result<HttpResponse, ApiError> {
-    auth.require(req)?;
-    let site = q.site(&app)?;
-    let now = app.clock.now_micros();
-    let range = q.range(now)?;
-    let answer = web::block(move || {
-        let conn = app.store.connect()?;
-        f(&conn, &site.name, range, now, &q)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(HttpResponse::Ok().json(answer))
-}
-
-/// `GET /api/summary?site=&range=`: the cards.
-pub async fn summary(
-    app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
-    q: web::Query<Query>,
-) -> Result<HttpResponse, ApiError> {
-    query(app, &auth, &req, q, |c, site, range, now, _| {
-        stats::summary(c, site, range, now)
-    })
-    .await
-}
-
-/// `GET /api/series?site=&range=`: events over time by source.
-pub async fn series(
-    app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
-    q: web::Query<Query>,
-) -> Result<HttpResponse, ApiError> {
-    query(app, &auth, &req, q, |c, site, range, _, _| {
-        Ok(json!({"bucket": range.bucket(), "points": stats::series(c, site, range)?}))
-    })
-    .await
-}
-
-/// `GET /api/top?site=&range=&kind=events|pages|referrers&limit=`.
-pub async fn top(
-    app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
-    q: web::Query<Query>,
-) -> Result<HttpResponse, ApiError> {
-    let kind = match q.kind.as_deref().unwrap_or("events") {
-        "events" => TopKind::Events,
-        "pages" => TopKind::Pages,
-        "referrers" => TopKind::Referrers,
-        other => {
-            return Err(ApiError::bad_request(
-                "invalid_kind",
-                format!("kind must be events, pages or referrers, not {other:?}"),
-            ))
-        }
-    };
-    query(app, &auth, &req, q, move |c, site, range, _, q| {
-        stats::top(c, site, range, kind, q.limit.unwrap_or(10).min(100))
-    })
-    .await
-}
-
-/// `GET /api/recent?site=`: the last unique events, newest first.
-pub async fn recent(
-    app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
-    q: web::Query<Query>,
-) -> Result<HttpResponse, ApiError> {
-    query(app, &auth, &req, q, |c, site, _, _, q| {
-        stats::recent(c, site, q.limit.unwrap_or(20).min(200))
-    })
-    .await
 }
 
 /// `GET /api/events/lookup?site=&event_id=[&name=]`: the inspector.
@@ -278,7 +158,7 @@ pub async fn near_misses(
     app: web::Data<App>,
     auth: web::Data<Auth>,
     req: HttpRequest,
-    q: web::Query<Query>,
+    q: web::Query<SiteQuery>,
 ) -> Result<HttpResponse, ApiError> {
     auth.require(&req)?;
     let site = q.site(&app)?;
@@ -289,6 +169,23 @@ pub async fn near_misses(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// `GET /api/forwards?site=`: the site's forwarding destinations with
+/// their delivered / pending / parked counts (secrets never).
+pub async fn forwards(
+    app: web::Data<App>,
+    auth: web::Data<Auth>,
+    req: HttpRequest,
+    q: web::Query<SiteQuery>,
+) -> Result<HttpResponse, ApiError> {
+    auth.require(&req)?;
+    let site = q.site(&app)?;
+    let listed = web::block(move || crate::control::forward::list(&app, Some(&site.name)))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({ "destinations": listed })))
 }
 
 /// `POST /api/test` (CSRF header) `{"site", "events": [...]}`: the payload
@@ -340,7 +237,7 @@ pub async fn live(
     app: web::Data<App>,
     auth: web::Data<Auth>,
     req: HttpRequest,
-    q: web::Query<Query>,
+    q: web::Query<SiteQuery>,
 ) -> Result<HttpResponse, ApiError> {
     auth.require(&req)?;
     let token = req
