@@ -1,7 +1,7 @@
 -- Revenue per day and currency from order properties, each order counted
 -- once however many copies arrived. Exact: DECIMAL, never DOUBLE. Days are
 -- UTC here; the dashboard shows them in the site's time zone.
--- Run: tally sql -- "$(cat examples/revenue.sql)"  (the "--" because the text starts with "--")
+-- Run: tally sql "$(cat examples/revenue.sql)"
 SELECT date_trunc('day', occurred_at) AS day,
        upper(properties->>'currency') AS currency,
        count(*) AS orders,

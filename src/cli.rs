@@ -34,7 +34,8 @@ pub enum Command {
     Forward(ForwardCommand),
     /// Run one SQL statement against the store (read-only unless --write).
     Sql {
-        /// The statement.
+        /// The statement (it may start with a `--` comment).
+        #[arg(allow_hyphen_values = true)]
         query: String,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]

@@ -362,3 +362,23 @@ fn a_snippet_printed_with_the_server_stopped_uses_the_url_it_served_on() {
         .unwrap()
         .contains(r#"src="https://stats.example.org/tally.js""#));
 }
+
+#[test]
+fn the_example_queries_run_as_the_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            let query = std::fs::read_to_string(&path).unwrap();
+            let out = tally(dir.path(), &["sql", &query]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
