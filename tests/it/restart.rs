@@ -73,8 +73,15 @@ fn the_crash_battery_loses_nothing_in_a_short_run() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!((&summary["lost"], &summary["duplicates"]), (&json!(0), &json!(0)));
+    assert_eq!(
+        (&summary["lost"], &summary["duplicates"]),
+        (&json!(0), &json!(0))
+    );
     assert!(summary["acked"].as_u64().unwrap() > 0);
 }
