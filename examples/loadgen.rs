@@ -1,9 +1,14 @@
-//! Load generator for `POST /v1/events`: N threads, keep-alive connections,
-//! batches of B events of which a share are re-sent copies of earlier ones.
+//! Load generator for `POST /v1/events` and the Segment drop-in
+//! `POST /v1/batch`: N threads, keep-alive connections, batches of B events
+//! of which a share are re-sent copies of earlier ones.
 //!
 //! ```text
-//! cargo run --release --example loadgen -- URL TOKEN [seconds=20] [threads=4] [batch=500] [dup=0.3]
+//! cargo run --release --example loadgen -- URL TOKEN [seconds=20] [threads=4] [batch=500] [dup=0.3] [mode=events]
 //! ```
+//! `mode` is `events` (Tally's own shape, bearer token), `segment` (the
+//! messages `segment-analytics-python` sends, HTTP Basic write key) or
+//! `segment-gzip` (the same, gzipped as the SDKs do by default; the
+//! compression runs here, on the load generator's share of the CPU).
 //! Prints events/s, accepted / deduplicated, and request latency percentiles.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,6 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Which endpoint and wire shape.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Events,
+    Segment { gzip: bool },
+}
+
 struct Args {
     host: String,
     token: String,
@@ -19,12 +31,13 @@ struct Args {
     threads: usize,
     batch: usize,
     dup: f64,
+    mode: Mode,
 }
 
 fn args() -> Args {
     let a: Vec<String> = std::env::args().skip(1).collect();
     if a.len() < 2 {
-        eprintln!("usage: loadgen URL TOKEN [seconds] [threads] [batch] [dup]");
+        eprintln!("usage: loadgen URL TOKEN [seconds] [threads] [batch] [dup] [events|segment|segment-gzip]");
         std::process::exit(2);
     }
     let num = |i: usize, d: f64| {
@@ -42,6 +55,15 @@ fn args() -> Args {
         threads: num(3, 4.0) as usize,
         batch: num(4, 500.0) as usize,
         dup: num(5, 0.3),
+        mode: match a.get(6).map(String::as_str).unwrap_or("events") {
+            "events" => Mode::Events,
+            "segment" => Mode::Segment { gzip: false },
+            "segment-gzip" => Mode::Segment { gzip: true },
+            other => {
+                eprintln!("unknown mode {other:?}: events, segment or segment-gzip");
+                std::process::exit(2);
+            }
+        },
     }
 }
 
@@ -59,37 +81,100 @@ impl Rng {
     }
 }
 
-fn body(rng: &mut Rng, thread: usize, next_id: &mut u64, batch: usize, dup: f64) -> String {
-    let names = ["order.completed", "page.view", "signup", "cart.add"];
-    let mut events = Vec::with_capacity(batch);
-    for _ in 0..batch {
-        let id = if *next_id > 1000 && rng.chance(dup) {
-            *next_id - 1 - rng.next() % 1000
-        } else {
-            *next_id += 1;
-            *next_id
-        };
-        let name = names[(id % 4) as usize];
-        events.push(format!(
-            r#"{{"event_id":"t{thread}_{id}","event_name":"{name}","source":"server","session_id":"s_{}","properties":{{"order_id":"{id}","total":{}.99}}}}"#,
-            id / 7,
-            id % 500
-        ));
-    }
+/// The ids of one batch: new ones, and with chance `dup` a copy of one of
+/// the thread's last 1,000.
+fn ids(rng: &mut Rng, next_id: &mut u64, batch: usize, dup: f64) -> Vec<u64> {
+    (0..batch)
+        .map(|_| {
+            if *next_id > 1000 && rng.chance(dup) {
+                *next_id - 1 - rng.next() % 1000
+            } else {
+                *next_id += 1;
+                *next_id
+            }
+        })
+        .collect()
+}
+
+const NAMES: [&str; 4] = ["order.completed", "page.view", "signup", "cart.add"];
+
+fn events_body(thread: usize, ids: &[u64]) -> String {
+    let events: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let name = NAMES[(id % 4) as usize];
+            format!(
+                r#"{{"event_id":"t{thread}_{id}","event_name":"{name}","source":"server","session_id":"s_{}","properties":{{"order_id":"{id}","total":{}.99}}}}"#,
+                id / 7,
+                id % 500
+            )
+        })
+        .collect();
     format!(r#"{{"events":[{}]}}"#, events.join(","))
+}
+
+/// Messages as segment-analytics-python sends them: its context, a
+/// timestamp, `page` for page views and `track` for the rest.
+fn segment_body(thread: usize, ids: &[u64], now: &str) -> String {
+    let messages: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let common = format!(
+                r#""messageId":"t{thread}_{id}","userId":"u_{}","anonymousId":null,"timestamp":"{now}","integrations":{{}},"context":{{"library":{{"name":"analytics-python","version":"2.4.0"}}}}"#,
+                id / 7
+            );
+            match NAMES[(id % 4) as usize] {
+                "page.view" => format!(
+                    r#"{{"type":"page","name":"Product","category":null,{common},"properties":{{"url":"https://shop.example.com/p/{}","referrer":"https://google.com/"}}}}"#,
+                    id % 500
+                ),
+                name => format!(
+                    r#"{{"type":"track","event":"{name}",{common},"properties":{{"order_id":"{id}","total":{}.99}}}}"#,
+                    id % 500
+                ),
+            }
+        })
+        .collect();
+    format!(r#"{{"batch":[{}],"sentAt":"{now}"}}"#, messages.join(","))
+}
+
+/// One request of `mode`: its path, headers and body.
+fn request(mode: Mode, token: &str, json: String) -> (&'static str, String, Vec<u8>) {
+    match mode {
+        Mode::Events => (
+            "/v1/events",
+            format!("Authorization: Bearer {token}\r\n"),
+            json.into_bytes(),
+        ),
+        Mode::Segment { gzip } => {
+            use base64::Engine;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{token}:"));
+            let mut headers = format!("Authorization: Basic {basic}\r\n");
+            let body = if gzip {
+                headers.push_str("Content-Encoding: gzip\r\n");
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(json.as_bytes()).unwrap();
+                e.finish().unwrap()
+            } else {
+                json.into_bytes()
+            };
+            ("/v1/batch", headers, body)
+        }
+    }
 }
 
 fn post(
     stream: &mut BufReader<TcpStream>,
     host: &str,
-    token: &str,
-    body: &str,
+    (path, headers, body): &(&str, String, Vec<u8>),
 ) -> std::io::Result<(u16, String)> {
-    let req = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.get_mut().write_all(req.as_bytes())?;
+    stream.get_mut().write_all(head.as_bytes())?;
+    stream.get_mut().write_all(body)?;
     let mut line = String::new();
     stream.read_line(&mut line)?;
     let status: u16 = line
@@ -145,10 +230,16 @@ fn main() {
                 let mut latencies = Vec::new();
                 let mut stream = BufReader::new(TcpStream::connect(&a.host).expect("connect"));
                 stream.get_ref().set_nodelay(true).unwrap();
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 while !stop.load(Ordering::Relaxed) {
-                    let body = body(&mut rng, t, &mut next_id, a.batch, a.dup);
+                    let ids = ids(&mut rng, &mut next_id, a.batch, a.dup);
+                    let json = match a.mode {
+                        Mode::Events => events_body(t, &ids),
+                        Mode::Segment { .. } => segment_body(t, &ids, &now),
+                    };
+                    let request = request(a.mode, &a.token, json);
                     let t0 = Instant::now();
-                    match post(&mut stream, &a.host, &a.token, &body) {
+                    match post(&mut stream, &a.host, &request) {
                         Ok((200, answer)) => {
                             latencies.push(t0.elapsed());
                             acc.fetch_add(field(&answer, "accepted"), Ordering::Relaxed);
@@ -184,8 +275,13 @@ fn main() {
         accepted.load(Ordering::Relaxed),
         deduplicated.load(Ordering::Relaxed),
     );
+    let mode = match a.mode {
+        Mode::Events => "/v1/events",
+        Mode::Segment { gzip: false } => "/v1/batch",
+        Mode::Segment { gzip: true } => "/v1/batch gzip",
+    };
     println!(
-        "{:.0} events/s over {secs:.1} s ({} requests of {}; accepted {acc}, deduplicated {dd} = {:.1} %; 503s {}); latency p50 {:.1} ms, p99 {:.1} ms",
+        "{:.0} events/s over {secs:.1} s ({} requests of {}; accepted {acc}, deduplicated {dd} = {:.1} %; 503s {}); latency p50 {:.1} ms, p99 {:.1} ms; {mode}",
         (acc + dd) as f64 / secs,
         latencies.len(),
         a.batch,

@@ -4,11 +4,12 @@
     scripts/bench.py ingest     [--seconds 20] [--threads 4]   # /v1/events throughput, idle RSS
     scripts/bench.py restart    [--keys 10000000]              # time to healthy with N keys in the window
     scripts/bench.py dashboard  [--events 10000000]            # median latency of every /api/ query, 30 days
+    scripts/bench.py dropin     [--runs 3] [--batch 100]       # /v1/batch (Segment SDKs' shape) beside /v1/events
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
 CARGO_TARGET_DIR, default ~/.cache/tally/target).
 """
-import argparse, http.cookiejar, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, http.cookiejar, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tally/target"))
 TALLY = os.path.join(TARGET, "release", "tally")
@@ -105,14 +106,46 @@ def bench_dashboard(a):
     shutil.rmtree(d)
 
 
+def bench_dropin(a):
+    """The Segment drop-in beside Tally's own endpoint under the same load:
+    batches of the SDKs' size (100), 30 % re-sent copies, a fresh server
+    per run, the modes interleaved so drift on a shared machine hits each
+    alike; medians over the runs."""
+    modes = ["events", "segment-gzip", "segment"]
+    results = {m: [] for m in modes}
+    for run in range(a.runs):
+        for mode in (modes if run % 2 == 0 else modes[::-1]):
+            d = tempfile.mkdtemp()
+            token = add_site(d)
+            proc, base = serve(d)
+            wait_healthy(base)
+            time.sleep(1)
+            out = subprocess.run([EXAMPLE("loadgen"), base, token, str(a.seconds), str(a.threads), str(a.batch),
+                                  "0.3", mode], check=True, capture_output=True, text=True).stdout.strip()
+            print(f"run {run + 1} {mode:12s} {out}", flush=True)
+            m = re.match(r"(\d+) events/s.*p50 ([\d.]+) ms, p99 ([\d.]+) ms", out)
+            results[mode].append(tuple(float(x) for x in m.groups()))
+            proc.terminate(); proc.wait()
+            shutil.rmtree(d)
+    print(f"\n{a.threads} senders, {a.batch} events a request, 30 % duplicates, {a.seconds} s, {a.runs} runs each:")
+    for mode in modes:
+        eps = [r[0] for r in results[mode]]
+        p50 = statistics.median(r[1] for r in results[mode])
+        p99 = statistics.median(r[2] for r in results[mode])
+        print(f"{mode:12s} median {statistics.median(eps):9,.0f} events/s  (min {min(eps):,.0f}, max {max(eps):,.0f})"
+              f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("ingest"); i.add_argument("--seconds", type=int, default=20); i.add_argument("--threads", type=int, default=4)
     r = sub.add_parser("restart"); r.add_argument("--keys", type=int, default=10_000_000)
     dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
+    dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
+    dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard}[a.cmd](a)
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -322,12 +322,28 @@ impl ServerProcess {
 
     /// The server's resident memory now, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib_of(self.child.id())
+    }
+
+    /// The server's highest resident memory, in KiB, sampled every 10 ms
+    /// while `f` runs.
+    pub fn peak_rss_kib_during<T>(&self, f: impl FnOnce() -> T) -> (u64, T) {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let done = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(self.rss_kib()));
+        let sampler = {
+            let (done, peak, pid) = (done.clone(), peak.clone(), self.child.id());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    peak.fetch_max(rss_kib_of(pid), Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let out = f();
+        done.store(true, Ordering::SeqCst);
+        sampler.join().unwrap();
+        (peak.load(Ordering::SeqCst), out)
     }
 
     /// SIGTERM, then waits; returns whether the exit was clean.
@@ -346,6 +362,16 @@ impl ServerProcess {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// A process's resident memory in KiB (`VmRSS`), 0 once it is gone.
+fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for ServerProcess {

@@ -4,6 +4,7 @@
 
 mod browser;
 mod helpers;
+mod proxy;
 mod session;
 
 mod cli;
@@ -20,4 +21,5 @@ mod ops;
 mod pixel;
 mod pixel_browser;
 mod restart;
+mod sdk;
 mod test_mode;

@@ -42,6 +42,7 @@ const onDone = (e) => (err) => {
 for (const e of events) {
   const msg = { messageId: e.messageId, userId: e.userId, anonymousId: e.anonymousId }
   for (const k of ['context', 'integrations', 'timestamp', 'originalTimestamp']) if (k in e) msg[k] = e[k]
+  if (msg.timestamp) msg.timestamp = new Date(msg.timestamp) // the SDK asserts a Date
   switch (e.type) {
     case 'track':
       client.track({ ...msg, event: e.event, properties: e.properties }, onDone(e))

@@ -55,11 +55,21 @@ impl ResponseError for MetaError {
             ApiError::Unavailable(_) | ApiError::Internal(_) => 2,
             _ => 100,
         };
+        // Meta's typed clients read `error_subcode` as a number, so Tally's
+        // own code goes in the text field beside the message.
+        let transient = matches!(
+            self.0,
+            ApiError::Unavailable(_)
+                | ApiError::QuotaExceeded { .. }
+                | ApiError::RateLimited { .. }
+        );
         self.0.respond_with(json!({"error": {
             "message": self.0.to_string(),
             "type": "OAuthException",
             "code": code,
-            "error_subcode": self.0.code(),
+            "error_user_title": self.0.code(),
+            "error_user_msg": self.0.to_string(),
+            "is_transient": transient,
             "fbtrace_id": trace_id(),
         }}))
     }
@@ -355,6 +365,41 @@ mod tests {
         ] {
             assert_eq!(to_event(&v).unwrap_err().code, code, "{v}");
         }
+    }
+
+    #[actix_web::test]
+    async fn errors_are_in_metas_shape_with_numbers_where_meta_has_numbers() {
+        let body = |e: ApiError| async move {
+            let res = MetaError(e).error_response();
+            let status = res.status().as_u16();
+            let retry = res.headers().get("retry-after").is_some();
+            let bytes = actix_web::body::to_bytes(res.into_body()).await.unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            (status, retry, v["error"].clone())
+        };
+        let (status, _, e) = body(ApiError::Unauthorized("bad token".into())).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            (
+                e["code"].as_u64(),
+                e["type"].as_str(),
+                e["message"].as_str()
+            ),
+            (Some(190), Some("OAuthException"), Some("bad token"))
+        );
+        assert_eq!(e["error_user_title"], "unauthorized");
+        assert_eq!(e["is_transient"], false);
+        assert!(e.get("error_subcode").is_none(), "Meta's is a number: {e}");
+        assert!(!e["fbtrace_id"].as_str().unwrap().is_empty());
+        let (status, retry, e) = body(ApiError::Unavailable("queue full".into())).await;
+        assert_eq!((status, retry), (503, true));
+        assert_eq!(
+            (e["code"].as_u64(), &e["is_transient"]),
+            (Some(2), &json!(true))
+        );
+        let (status, _, e) = body(ApiError::bad_request("invalid_event_name", "no name")).await;
+        assert_eq!((status, e["code"].as_u64()), (400, Some(100)));
+        assert_eq!(e["error_user_title"], "invalid_event_name");
     }
 
     #[actix_web::test]

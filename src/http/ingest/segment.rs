@@ -22,7 +22,7 @@ use crate::metrics::{Endpoint, Fate};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Largest body, inflated.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -99,6 +99,12 @@ struct Message {
     anonymous_id: Option<Value>,
     #[serde(rename = "writeKey")]
     write_key: Option<String>,
+    name: Option<Value>,
+    category: Option<Value>,
+    #[serde(rename = "groupId")]
+    group_id: Option<Value>,
+    #[serde(rename = "previousId")]
+    previous_id: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -153,6 +159,15 @@ pub fn to_event(json: &str, kind: Option<&str>) -> Result<Event, EventError> {
         "identify" | "group" => m.traits.or(context.traits),
         _ => m.properties,
     };
+    // What a page, screen, group or alias message is about lives outside
+    // its properties; kept under the wire name unless a property has it.
+    let about = match kind.as_str() {
+        "page" | "screen" => [("name", m.name), ("category", m.category)],
+        "group" => [("groupId", m.group_id), ("", None)],
+        "alias" => [("previousId", m.previous_id), ("", None)],
+        _ => [("", None), ("", None)],
+    };
+    let properties = with_fields(properties, about)?;
     let from_props = |key: &str| -> Option<Value> {
         let p: serde_json::Map<String, Value> =
             serde_json::from_str(properties.as_ref()?.get()).ok()?;
@@ -183,6 +198,35 @@ pub fn to_event(json: &str, kind: Option<&str>) -> Result<Event, EventError> {
     })
 }
 
+/// `properties` with each of `fields` that is set (not null) and that it
+/// lacks added; untouched when there is nothing to add.
+fn with_fields(
+    properties: Option<Box<RawValue>>,
+    fields: [(&str, Option<Value>); 2],
+) -> Result<Option<Box<RawValue>>, EventError> {
+    let mut add = fields
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_null()).map(|v| (k, v)))
+        .peekable();
+    if add.peek().is_none() {
+        return Ok(properties);
+    }
+    let mut map = match properties.as_deref().map(RawValue::get) {
+        None | Some("null") => Map::new(),
+        // Not an object: left for validation to refuse with its own code.
+        Some(text) => match serde_json::from_str::<Map<String, Value>>(text) {
+            Ok(map) => map,
+            Err(_) => return Ok(properties),
+        },
+    };
+    for (k, v) in add {
+        map.entry(k).or_insert(v);
+    }
+    RawValue::from_string(Value::Object(map).to_string())
+        .map(Some)
+        .map_err(|e| EventError::new("invalid_properties", e.to_string()))
+}
+
 /// Ids sent as numbers are the same ids as text.
 fn text(v: Value) -> Value {
     match v {
@@ -210,13 +254,15 @@ async fn batch(
 ) -> Result<HttpResponse, SegmentError> {
     let header_token = credentials(&req)?;
     let body = body::read(&req, payload, MAX_BODY_BYTES).await?;
-    let parsed: BatchBody = serde_json::from_slice(&body)
-        .ok()
-        .filter(|_| body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
-        .ok_or_else(|| not_a_batch("the body must be a JSON object {\"batch\": [...]}"))?;
+    const SHAPE: &str = "the body must be a JSON object {\"batch\": [...]}";
+    if !is_object(&body) {
+        return Err(not_a_batch(SHAPE.into()));
+    }
+    let parsed: BatchBody =
+        serde_json::from_slice(&body).map_err(|e| not_a_batch(format!("{SHAPE}: {e}")))?;
     let messages = parsed
         .batch
-        .ok_or_else(|| not_a_batch("the body has no \"batch\" array"))?;
+        .ok_or_else(|| not_a_batch("the body has no \"batch\" array".into()))?;
     if messages.len() > MAX_MESSAGES {
         return Err(ApiError::TooLarge(format!(
             "{} messages in one batch; the limit is {MAX_MESSAGES}",
@@ -239,8 +285,18 @@ async fn single(
     let kind = req.path().trim_start_matches("/v1/").to_owned();
     let header_token = credentials(&req)?;
     let body = body::read(&req, payload, MAX_BODY_BYTES).await?;
-    let text =
-        std::str::from_utf8(&body).map_err(|_| not_a_batch("the body must be UTF-8 JSON"))?;
+    // A body that is not one JSON object is not a message: 400, like a
+    // batch body that is not a batch. A message with a bad field is
+    // dropped alone, as in a batch.
+    let text = std::str::from_utf8(&body)
+        .ok()
+        .filter(|t| is_object(t.as_bytes()))
+        .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok())
+        .ok_or_else(|| {
+            not_a_batch(format!(
+                "the body of /v1/{kind} must be one message, a JSON object"
+            ))
+        })?;
     let body_key = serde_json::from_str::<Message>(text)
         .ok()
         .and_then(|m| m.write_key);
@@ -274,8 +330,13 @@ async fn answer<'a>(
     }))
 }
 
-fn not_a_batch(message: &str) -> SegmentError {
-    ApiError::bad_request("invalid_body", message.to_owned()).into()
+fn not_a_batch(message: String) -> SegmentError {
+    ApiError::bad_request("invalid_body", message).into()
+}
+
+/// Whether a body starts like a JSON object.
+fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn no_key() -> SegmentError {
@@ -336,6 +397,43 @@ mod tests {
         assert!(!props.contains("A@B.com"), "hashed: {props}");
         let screen = to_event(r#"{"messageId":"m4","name":"Home"}"#, Some("screen")).unwrap();
         assert_eq!(screen.event_name, "screen.view");
+    }
+
+    #[test]
+    fn what_a_message_is_about_is_kept_in_its_properties() {
+        let props = |json: &str| -> Value {
+            serde_json::from_str(&to_event(json, None).unwrap().properties.unwrap()).unwrap()
+        };
+        let page = props(
+            r#"{"type":"page","messageId":"p","name":"Home","category":"Docs","properties":{"url":"https://a/"}}"#,
+        );
+        assert_eq!(
+            page,
+            json!({"url": "https://a/", "name": "Home", "category": "Docs"})
+        );
+        let screen = props(r#"{"type":"screen","messageId":"s","name":"Cart","properties":null}"#);
+        assert_eq!(screen, json!({"name": "Cart"}));
+        let group =
+            props(r#"{"type":"group","messageId":"g","groupId":7,"traits":{"name":"Acme"}}"#);
+        assert_eq!(group, json!({"name": "Acme", "groupId": 7}));
+        let alias = props(r#"{"type":"alias","messageId":"a","previousId":"anon","userId":"u"}"#);
+        assert_eq!(alias, json!({"previousId": "anon"}));
+        // A property of that name wins; other types carry nothing extra.
+        let named = props(
+            r#"{"type":"page","messageId":"p","name":"Home","category":null,"properties":{"name":"Landing"}}"#,
+        );
+        assert_eq!(named, json!({"name": "Landing"}));
+        let track = to_event(
+            r#"{"type":"track","event":"x","messageId":"t","name":"ignored","groupId":"g"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(track.properties, None);
+        let bad = to_event(
+            r#"{"type":"page","messageId":"p","name":"Home","properties":[1]}"#,
+            None,
+        );
+        assert_eq!(bad.unwrap_err().code, "invalid_properties");
     }
 
     #[test]
