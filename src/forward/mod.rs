@@ -6,11 +6,14 @@
 //! and a dropped copy is never forwarded. [`run`] drains the outbox: per
 //! destination it reads due rows in pages, sends them (a webhook POST per
 //! event, a Conversions API request per 1,000), and marks them delivered.
-//! A failure backs the whole destination off (exponential with jitter,
-//! honouring `Retry-After`), so a receiver that is down costs one attempt
-//! per backoff, never a busy loop; its events wait in the store, not in
-//! memory, and are parked past the destination's age or attempt limit
-//! (`tally forward retry` puts them back). A kill -9 between a send and its
+//! A failure that may pass (network, timeout, 429, 5xx) backs the whole
+//! destination off (exponential with jitter, honouring `Retry-After`), so a
+//! receiver that is down costs one attempt per backoff, never a busy loop;
+//! its events wait in the store, not in memory, and are parked past the
+//! destination's age or attempt limit. An event the receiver refuses (any
+//! other 4xx, a permanent Meta error) is parked at once, alone: the next one
+//! goes without waiting. `tally forward retry` puts parked events back and
+//! wakes the sender. A kill -9 between a send and its
 //! mark repeats that delivery after the restart, with the same idempotency
 //! key (the `event_id`), which webhook receivers and Meta dedup on.
 
@@ -38,10 +41,13 @@ const WEBHOOK_PAGE: usize = 100;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The destinations in memory: read by the writer on every group, changed
-/// by `tally forward add|remove`.
+/// by `tally forward add|remove`; `tally forward retry` tells the sender
+/// through it to try a destination again at once.
 #[derive(Debug, Default)]
 pub struct Registry {
     all: RwLock<Arc<Vec<Arc<Destination>>>>,
+    requeued: Mutex<Vec<u32>>,
+    wake: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -62,6 +68,20 @@ impl Registry {
         *self.all.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(destinations.into_iter().map(Arc::new).collect());
     }
+
+    /// Parked events of destination `id` are back in line: the sender
+    /// forgets its backoff and tries it now.
+    pub fn requeued(&self, id: u32) {
+        self.requeued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+        self.wake.notify_one();
+    }
+
+    fn take_requeued(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.requeued.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Deliveries by result, per destination, and the outbox's counts.
@@ -79,6 +99,20 @@ struct DestStats {
 }
 
 impl Stats {
+    /// Brings the outbox gauges up to date (housekeeping does every few
+    /// seconds; a park or a retry does at once, so they show it).
+    pub fn refresh(&self, conn: &duckdb::Connection, now: i64) -> crate::store::Result<()> {
+        let counts = outbox::counts(conn, now)?;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for s in inner.values_mut() {
+            s.outbox = Counts::default();
+        }
+        for (id, c) in counts {
+            inner.entry(id).or_default().outbox = c;
+        }
+        Ok(())
+    }
+
     fn with(&self, id: u32, f: impl FnOnce(&mut DestStats)) {
         f(self
             .inner
@@ -169,6 +203,9 @@ pub async fn run(app: Arc<App>) {
             let app = app.clone();
             let _ = tokio::task::spawn_blocking(move || keep_house(&app)).await;
         }
+        for id in app.destinations.take_requeued() {
+            lines.remove(&id);
+        }
         let mut busy = false;
         for d in app.destinations.all().iter() {
             let line = lines.entry(d.id).or_default();
@@ -194,7 +231,10 @@ pub async fn run(app: Arc<App>) {
             }
         }
         if !busy {
-            tokio::time::sleep(POLL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = app.destinations.wake.notified() => {}
+            }
         }
     }
 }
@@ -217,10 +257,8 @@ fn keep_house(app: &App) {
                 app.forward_stats.with(d.id, |s| s.parked += parked);
             }
         }
-        for (id, counts) in outbox::counts(&conn, now)? {
-            app.forward_stats.with(id, |s| s.outbox = counts);
-        }
         outbox::forget_delivered(&conn, now - KEEP_DELIVERED_MICROS)?;
+        app.forward_stats.refresh(&conn, now)?;
         Ok(())
     };
     if let Err(e) = work() {
@@ -282,10 +320,11 @@ async fn send_page(
                     false,
                 )
                 .await;
-                let retry_after = retry_of(&verdict);
-                let failed = !matches!(verdict, Verdict::Delivered);
+                // A refused event is parked alone; only a failure that may
+                // pass later (network, 429, 5xx) holds the destination back.
+                let retry = retry_of(&verdict);
                 record(app, d, vec![row.rowid], verdict).await?;
-                if failed {
+                if let Some(retry_after) = retry {
                     return Ok(PageResult::Failed { retry_after });
                 }
             }
@@ -303,10 +342,9 @@ async fn send_page(
                 graph_url.trim_end_matches('/')
             );
             let verdict = post(client.post(url).json(&body), true).await;
-            let retry_after = retry_of(&verdict);
-            let failed = !matches!(verdict, Verdict::Delivered);
+            let retry = retry_of(&verdict);
             record(app, d, due.iter().map(|r| r.rowid).collect(), verdict).await?;
-            if failed {
+            if let Some(retry_after) = retry {
                 return Ok(PageResult::Failed { retry_after });
             }
         }
@@ -314,11 +352,26 @@ async fn send_page(
     Ok(PageResult::Sent)
 }
 
-fn retry_of(v: &Verdict) -> Option<u64> {
+/// For an attempt to repeat later: the wait the receiver asked for, if any.
+fn retry_of(v: &Verdict) -> Option<Option<u64>> {
     match v {
-        Verdict::Retry { retry_after, .. } => *retry_after,
+        Verdict::Retry { retry_after, .. } => Some(*retry_after),
         _ => None,
     }
+}
+
+/// A `Retry-After` header: delay seconds or an HTTP date; at least 1 s
+/// (a `0` must not turn the sender into a busy loop), at most an hour.
+fn retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let secs = match value.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64
+        }
+    };
+    Some(secs.clamp(1, 3_600))
 }
 
 /// Sends a request and reads the answer as its destination does.
@@ -330,8 +383,7 @@ async fn post(request: reqwest::RequestBuilder, meta: bool) -> Verdict {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| s.min(3_600));
+                .and_then(retry_after);
             let body = res.text().await.unwrap_or_default();
             payload::judge(status, retry_after, &body, meta)
         }
@@ -342,7 +394,8 @@ async fn post(request: reqwest::RequestBuilder, meta: bool) -> Verdict {
     }
 }
 
-/// Marks rows after an attempt, and counts it.
+/// Marks rows after an attempt, and counts it: delivered, failed to be
+/// retried, or parked (refused, or failed a last time).
 async fn record(
     app: &Arc<App>,
     d: &Arc<Destination>,
@@ -357,28 +410,50 @@ async fn record(
     let (id, max_attempts) = (d.id, d.max_attempts);
     let writer = app.clone();
     let v = verdict.clone();
-    tokio::task::spawn_blocking(move || {
+    let parked = tokio::task::spawn_blocking(move || {
         let conn = writer.store.connect()?;
-        match &v {
-            Verdict::Delivered => outbox::delivered(&conn, &rowids, now),
-            Verdict::Retry { error, .. } => {
-                outbox::failed(&conn, &rowids, error, max_attempts, false)
-            }
-            Verdict::Reject { error } => outbox::failed(&conn, &rowids, error, max_attempts, true),
+        let (error, park) = match &v {
+            Verdict::Delivered => return outbox::delivered(&conn, &rowids, now).map(|()| 0),
+            Verdict::Retry { error, .. } => (error, false),
+            Verdict::Reject { error } => (error, true),
+        };
+        let parked = outbox::failed(&conn, &rowids, error, max_attempts, park)?;
+        if parked > 0 {
+            writer.forward_stats.refresh(&conn, now)?;
         }
+        Ok::<_, crate::store::StoreError>(parked)
     })
     .await
     .map_err(|e| crate::store::StoreError::Invalid(format!("outbox writer: {e}")))??;
     match verdict {
         Verdict::Delivered => app.forward_stats.with(id, |s| s.delivered += n),
-        Verdict::Retry { error, .. } => {
+        Verdict::Retry { error, .. } if parked == 0 => {
             tracing::debug!(destination = id, %error, "delivery failed; will retry");
             app.forward_stats.with(id, |s| s.retried += n)
         }
-        Verdict::Reject { error } => {
-            tracing::warn!(destination = id, %error, events = n, "delivery refused; events parked");
-            app.forward_stats.with(id, |s| s.parked += n)
+        Verdict::Retry { error, .. } | Verdict::Reject { error } => {
+            tracing::warn!(destination = id, %error, events = parked, "delivery failed; events parked (`tally forward retry` sends them again)");
+            app.forward_stats.with(id, |s| {
+                s.parked += parked;
+                s.retried += n - parked;
+            })
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+
+    #[test]
+    fn retry_after_reads_seconds_or_a_date_within_one_second_and_an_hour() {
+        assert_eq!(retry_after(" 7 "), Some(7));
+        assert_eq!(retry_after("0"), Some(1), "never a busy loop");
+        assert_eq!(retry_after("86400"), Some(3_600));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        assert!(matches!(retry_after(&soon), Some(29..=30)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(1));
+        assert_eq!(retry_after("soon"), None);
+    }
 }

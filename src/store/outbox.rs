@@ -259,27 +259,27 @@ pub fn delivered(conn: &Connection, rowids: &[i64], now: i64) -> Result<()> {
 }
 
 /// Counts a failed attempt on rows; those at `max_attempts`, or failed for
-/// good (`park`), are parked.
+/// good (`park`), are parked. Returns how many were parked.
 pub fn failed(
     conn: &Connection,
     rowids: &[i64],
     error: &str,
     max_attempts: u32,
     park: bool,
-) -> Result<()> {
+) -> Result<u64> {
     if rowids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    conn.execute(
-        &format!(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, \
-             state = CASE WHEN ? OR attempts + 1 >= ? THEN 'parked' ELSE state END \
-             WHERE rowid IN ({})",
-            rowid_list(rowids)
-        ),
-        params![error, park, max_attempts],
-    )?;
-    Ok(())
+    let mut stmt = conn.prepare(&format!(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?, \
+         state = CASE WHEN ? OR attempts + 1 >= ? THEN 'parked' ELSE state END \
+         WHERE rowid IN ({}) RETURNING state = 'parked'",
+        rowid_list(rowids)
+    ))?;
+    let parked = stmt
+        .query_map(params![error, park, max_attempts], |r| r.get::<_, bool>(0))?
+        .collect::<duckdb::Result<Vec<bool>>>()?;
+    Ok(parked.into_iter().filter(|p| *p).count() as u64)
 }
 
 /// Parks `dest_id`'s pending rows whose event arrived before `before`.
