@@ -9,6 +9,7 @@ mod cli;
 mod dashboard_api;
 mod dashboard_browser;
 mod dedup;
+mod forward;
 mod ingest;
 mod ops;
 mod pixel;
