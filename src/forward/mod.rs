@@ -21,7 +21,7 @@ pub mod payload;
 
 use crate::app::App;
 use crate::domain::forward::{backoff_secs, Destination, Target, META_GRAPH_VERSION};
-use crate::store::outbox::{self, Counts, Due};
+use crate::store::outbox::{self, Counts, Due, Queue};
 use payload::Verdict;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -76,6 +76,11 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(id);
+        self.wake();
+    }
+
+    /// New outbox rows were committed: the sender looks at once.
+    pub fn wake(&self) {
         self.wake.notify_one();
     }
 
@@ -183,173 +188,257 @@ struct Line {
 
 /// Drains the outbox until the task is dropped.
 pub async fn run(app: Arc<App>) {
-    let client = match reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the forwarding HTTP client; forwarding is off");
-            return;
-        }
-    };
-    let mut lines: HashMap<u32, Line> = HashMap::new();
-    let mut housekeeping = Instant::now();
-    loop {
-        if Instant::now() >= housekeeping {
-            housekeeping = Instant::now() + HOUSEKEEPING;
-            let app = app.clone();
-            let _ = tokio::task::spawn_blocking(move || keep_house(&app)).await;
-        }
-        for id in app.destinations.take_requeued() {
-            lines.remove(&id);
-        }
-        let mut busy = false;
-        for d in app.destinations.all().iter() {
-            let line = lines.entry(d.id).or_default();
-            if line.not_before.is_some_and(|t| Instant::now() < t) {
-                continue;
-            }
-            match send_page(&app, &client, d).await {
-                Ok(PageResult::Empty) => {}
-                Ok(PageResult::Sent) => {
-                    busy = true;
-                    *line = Line::default();
-                }
-                Ok(PageResult::Failed { retry_after }) => {
-                    line.failures += 1;
-                    let wait = retry_after
-                        .unwrap_or_else(|| backoff_secs(line.failures - 1, rand::random::<f64>()));
-                    line.not_before = Some(Instant::now() + Duration::from_secs(wait));
-                }
-                Err(e) => {
-                    tracing::warn!(destination = d.id, error = %e, "forwarding could not read the outbox");
-                    line.not_before = Some(Instant::now() + Duration::from_secs(5));
-                }
-            }
-        }
-        if !busy {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = app.destinations.wake.notified() => {}
-            }
-        }
+    match Sender::new(app) {
+        Ok(sender) => sender.run().await,
+        Err(e) => tracing::error!(error = %e, "forwarding cannot start; nothing is forwarded"),
     }
 }
 
-/// Parks rows past their destination's age, refreshes the counts, forgets
-/// rows delivered a week ago.
-fn keep_house(app: &App) {
-    let now = app.clock.now_micros();
-    let work = || -> crate::store::Result<()> {
-        let conn = app.store.connect()?;
-        for d in app.destinations.all().iter() {
-            let parked =
-                outbox::park_older(&conn, d.id, now - i64::from(d.max_age_secs) * 1_000_000)?;
-            if parked > 0 {
-                tracing::warn!(
-                    destination = d.id,
-                    parked,
-                    "events parked past the age limit"
-                );
-                app.forward_stats.with(d.id, |s| s.parked += parked);
-            }
-        }
-        outbox::forget_delivered(&conn, now - KEEP_DELIVERED_MICROS)?;
-        app.forward_stats.refresh(&conn, now)?;
-        Ok(())
-    };
-    if let Err(e) = work() {
-        tracing::warn!(error = %e, "forwarding housekeeping failed");
-    }
+/// The sender: its HTTP client and its own connection to the store (one,
+/// so its prepared statements are reused; it runs one query at a time).
+struct Sender {
+    app: Arc<App>,
+    client: reqwest::Client,
+    conn: Arc<Mutex<duckdb::Connection>>,
 }
 
+/// What a page of a destination's outbox came to.
 enum PageResult {
-    Empty,
+    /// Nothing pending.
+    Idle,
+    /// Pending, not due yet.
+    Waiting,
+    /// Sent (delivered, or refused and parked).
     Sent,
+    /// Failed in a way that may pass: back off.
     Failed { retry_after: Option<u64> },
 }
 
-/// Sends one page of `d`'s due rows and records the result.
-async fn send_page(
-    app: &Arc<App>,
-    client: &reqwest::Client,
-    d: &Arc<Destination>,
-) -> crate::store::Result<PageResult> {
-    let page = match &d.target {
-        Target::Webhook { .. } => WEBHOOK_PAGE,
-        Target::Meta { .. } => d.target.batch_size(),
-    };
-    let now = app.clock.now_micros();
-    let id = d.id;
-    let reader = app.clone();
-    let due =
-        tokio::task::spawn_blocking(move || outbox::due(&reader.store.connect()?, id, now, page))
-            .await
-            .map_err(|e| crate::store::StoreError::Invalid(format!("outbox reader: {e}")))??;
-    if due.is_empty() {
-        return Ok(PageResult::Empty);
+impl Sender {
+    fn new(app: Arc<App>) -> anyhow::Result<Sender> {
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let conn = Arc::new(Mutex::new(app.store.connect()?));
+        Ok(Sender { app, client, conn })
     }
-    // An event deleted since (by hand or retention) has nothing to send.
-    let (gone, due): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|r| r.event.is_none());
-    record(
-        app,
-        d,
-        gone.iter().map(|r| r.rowid).collect(),
-        Verdict::Reject {
-            error: "the event is no longer in the store".into(),
-        },
-    )
-    .await?;
-    match &d.target {
-        Target::Webhook { url, secret } => {
-            for row in due {
-                let event = row.event.as_ref().expect("partitioned above");
-                let sent_at = app.clock.now_secs();
-                let body = payload::webhook_body(event, d, sent_at);
-                let verdict = post(
-                    client
-                        .post(url)
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .header(payload::SIGNATURE_HEADER, payload::signature(secret, &body))
-                        .header(payload::TIMESTAMP_HEADER, sent_at.to_string())
-                        .header(payload::IDEMPOTENCY_HEADER, &row.event_id)
-                        .body(body),
-                    false,
-                )
-                .await;
-                // A refused event is parked alone; only a failure that may
-                // pass later (network, 429, 5xx) holds the destination back.
+
+    /// Runs `f` on the sender's connection, off the async threads.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&duckdb::Connection) -> crate::store::Result<T> + Send + 'static,
+    ) -> crate::store::Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| {
+                crate::store::StoreError::Invalid(format!("forwarding's store task: {e}"))
+            })?
+    }
+
+    async fn run(self) {
+        let mut lines: HashMap<u32, Line> = HashMap::new();
+        let mut housekeeping = Instant::now();
+        loop {
+            if Instant::now() >= housekeeping {
+                housekeeping = Instant::now() + HOUSEKEEPING;
+                let app = self.app.clone();
+                if let Err(e) = self.db(move |conn| keep_house(&app, conn)).await {
+                    tracing::warn!(error = %e, "forwarding housekeeping failed");
+                }
+            }
+            for id in self.app.destinations.take_requeued() {
+                lines.remove(&id);
+            }
+            let mut busy = false;
+            // When to look again if nothing is sent: at housekeeping, or
+            // sooner for rows due later and for backoffs that end.
+            let mut next = housekeeping;
+            for d in self.app.destinations.all().iter() {
+                let line = lines.entry(d.id).or_default();
+                if let Some(t) = line.not_before.filter(|t| Instant::now() < *t) {
+                    next = next.min(t);
+                    continue;
+                }
+                match self.send_page(d).await {
+                    Ok(PageResult::Idle) => {}
+                    Ok(PageResult::Waiting) => next = next.min(Instant::now() + POLL),
+                    Ok(PageResult::Sent) => {
+                        busy = true;
+                        *line = Line::default();
+                    }
+                    Ok(PageResult::Failed { retry_after }) => {
+                        line.failures += 1;
+                        let wait = retry_after.unwrap_or_else(|| {
+                            backoff_secs(line.failures - 1, rand::random::<f64>())
+                        });
+                        line.not_before = Some(Instant::now() + Duration::from_secs(wait));
+                    }
+                    Err(e) => {
+                        tracing::warn!(destination = d.id, error = %e, "forwarding could not read the outbox");
+                        line.not_before = Some(Instant::now() + Duration::from_secs(5));
+                    }
+                }
+                if let Some(t) = line.not_before {
+                    next = next.min(t);
+                }
+            }
+            if busy {
+                continue;
+            }
+            // Idle destinations cost nothing: new rows come from the
+            // writer, which wakes the sender after each commit with some.
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = self.app.destinations.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Sends one page of `d`'s due rows and records the result.
+    async fn send_page(&self, d: &Arc<Destination>) -> crate::store::Result<PageResult> {
+        let page = match &d.target {
+            Target::Webhook { .. } => WEBHOOK_PAGE,
+            Target::Meta { .. } => d.target.batch_size(),
+        };
+        let now = self.app.clock.now_micros();
+        let dest = d.clone();
+        let due = match self
+            .db(move |conn| outbox::due(conn, dest.id, &dest.site, now, page))
+            .await?
+        {
+            Queue::Idle => return Ok(PageResult::Idle),
+            Queue::Waiting => return Ok(PageResult::Waiting),
+            Queue::Due(rows) => rows,
+        };
+        // An event deleted since (by hand or retention) has nothing to send.
+        let (gone, due): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|r| r.event.is_none());
+        self.record(
+            d,
+            gone.iter().map(|r| r.rowid).collect(),
+            Verdict::Reject {
+                error: "the event is no longer in the store".into(),
+            },
+        )
+        .await?;
+        match &d.target {
+            Target::Webhook { url, secret } => {
+                for row in due {
+                    let event = row.event.as_ref().expect("partitioned above");
+                    let sent_at = self.app.clock.now_secs();
+                    let body = payload::webhook_body(event, d, sent_at);
+                    let verdict = post(
+                        self.client
+                            .post(url)
+                            .header(reqwest::header::CONTENT_TYPE, "application/json")
+                            .header(payload::SIGNATURE_HEADER, payload::signature(secret, &body))
+                            .header(payload::TIMESTAMP_HEADER, sent_at.to_string())
+                            .header(payload::IDEMPOTENCY_HEADER, &event.event_id)
+                            .body(body),
+                        false,
+                    )
+                    .await;
+                    // A refused event is parked alone; only a failure that
+                    // may pass later (network, 429, 5xx) holds the
+                    // destination back.
+                    let retry = retry_of(&verdict);
+                    self.record(d, vec![row.rowid], verdict).await?;
+                    if let Some(retry_after) = retry {
+                        return Ok(PageResult::Failed { retry_after });
+                    }
+                }
+            }
+            Target::Meta {
+                pixel_id,
+                token,
+                graph_url,
+                test_event_code,
+            } => {
+                let events: Vec<_> = due.iter().filter_map(|r| r.event.as_ref()).collect();
+                let body = payload::meta_body(&events, d, token, test_event_code.as_deref());
+                let url = format!(
+                    "{}/{META_GRAPH_VERSION}/{pixel_id}/events",
+                    graph_url.trim_end_matches('/')
+                );
+                let verdict = post(self.client.post(url).json(&body), true).await;
                 let retry = retry_of(&verdict);
-                record(app, d, vec![row.rowid], verdict).await?;
+                self.record(d, due.iter().map(|r| r.rowid).collect(), verdict)
+                    .await?;
                 if let Some(retry_after) = retry {
                     return Ok(PageResult::Failed { retry_after });
                 }
             }
         }
-        Target::Meta {
-            pixel_id,
-            token,
-            graph_url,
-            test_event_code,
-        } => {
-            let events: Vec<_> = due.iter().filter_map(|r| r.event.as_ref()).collect();
-            let body = payload::meta_body(&events, d, token, test_event_code.as_deref());
-            let url = format!(
-                "{}/{META_GRAPH_VERSION}/{pixel_id}/events",
-                graph_url.trim_end_matches('/')
-            );
-            let verdict = post(client.post(url).json(&body), true).await;
-            let retry = retry_of(&verdict);
-            record(app, d, due.iter().map(|r| r.rowid).collect(), verdict).await?;
-            if let Some(retry_after) = retry {
-                return Ok(PageResult::Failed { retry_after });
+        Ok(PageResult::Sent)
+    }
+
+    /// Marks rows after an attempt, and counts it: delivered, failed to be
+    /// retried, or parked (refused, or failed a last time).
+    async fn record(
+        &self,
+        d: &Arc<Destination>,
+        rowids: Vec<i64>,
+        verdict: Verdict,
+    ) -> crate::store::Result<()> {
+        if rowids.is_empty() {
+            return Ok(());
+        }
+        let app = &self.app;
+        let n = rowids.len() as u64;
+        let now = app.clock.now_micros();
+        let (id, max_attempts) = (d.id, d.max_attempts);
+        let (stats, v) = (app.clone(), verdict.clone());
+        let parked = self
+            .db(move |conn| {
+                let (error, park) = match &v {
+                    Verdict::Delivered => return outbox::delivered(conn, &rowids, now).map(|()| 0),
+                    Verdict::Retry { error, .. } => (error, false),
+                    Verdict::Reject { error } => (error, true),
+                };
+                let parked = outbox::failed(conn, &rowids, error, max_attempts, park)?;
+                if parked > 0 {
+                    stats.forward_stats.refresh(conn, now)?;
+                }
+                Ok(parked)
+            })
+            .await?;
+        match verdict {
+            Verdict::Delivered => app.forward_stats.with(id, |s| s.delivered += n),
+            Verdict::Retry { error, .. } if parked == 0 => {
+                tracing::debug!(destination = id, %error, "delivery failed; will retry");
+                app.forward_stats.with(id, |s| s.retried += n)
+            }
+            Verdict::Retry { error, .. } | Verdict::Reject { error } => {
+                tracing::warn!(destination = id, %error, events = parked, "delivery failed; events parked (`tally forward retry` sends them again)");
+                app.forward_stats.with(id, |s| {
+                    s.parked += parked;
+                    s.retried += n - parked;
+                })
             }
         }
+        Ok(())
     }
-    Ok(PageResult::Sent)
+}
+
+/// Parks rows past their destination's age, refreshes the counts, forgets
+/// rows delivered a week ago.
+fn keep_house(app: &App, conn: &duckdb::Connection) -> crate::store::Result<()> {
+    let now = app.clock.now_micros();
+    for d in app.destinations.all().iter() {
+        let parked = outbox::park_older(conn, d.id, now - i64::from(d.max_age_secs) * 1_000_000)?;
+        if parked > 0 {
+            tracing::warn!(
+                destination = d.id,
+                parked,
+                "events parked past the age limit"
+            );
+            app.forward_stats.with(d.id, |s| s.parked += parked);
+        }
+    }
+    outbox::forget_delivered(conn, now - KEEP_DELIVERED_MICROS)?;
+    app.forward_stats.refresh(conn, now)
 }
 
 /// For an attempt to repeat later: the wait the receiver asked for, if any.
@@ -392,54 +481,6 @@ async fn post(request: reqwest::RequestBuilder, meta: bool) -> Verdict {
             retry_after: None,
         },
     }
-}
-
-/// Marks rows after an attempt, and counts it: delivered, failed to be
-/// retried, or parked (refused, or failed a last time).
-async fn record(
-    app: &Arc<App>,
-    d: &Arc<Destination>,
-    rowids: Vec<i64>,
-    verdict: Verdict,
-) -> crate::store::Result<()> {
-    if rowids.is_empty() {
-        return Ok(());
-    }
-    let n = rowids.len() as u64;
-    let now = app.clock.now_micros();
-    let (id, max_attempts) = (d.id, d.max_attempts);
-    let writer = app.clone();
-    let v = verdict.clone();
-    let parked = tokio::task::spawn_blocking(move || {
-        let conn = writer.store.connect()?;
-        let (error, park) = match &v {
-            Verdict::Delivered => return outbox::delivered(&conn, &rowids, now).map(|()| 0),
-            Verdict::Retry { error, .. } => (error, false),
-            Verdict::Reject { error } => (error, true),
-        };
-        let parked = outbox::failed(&conn, &rowids, error, max_attempts, park)?;
-        if parked > 0 {
-            writer.forward_stats.refresh(&conn, now)?;
-        }
-        Ok::<_, crate::store::StoreError>(parked)
-    })
-    .await
-    .map_err(|e| crate::store::StoreError::Invalid(format!("outbox writer: {e}")))??;
-    match verdict {
-        Verdict::Delivered => app.forward_stats.with(id, |s| s.delivered += n),
-        Verdict::Retry { error, .. } if parked == 0 => {
-            tracing::debug!(destination = id, %error, "delivery failed; will retry");
-            app.forward_stats.with(id, |s| s.retried += n)
-        }
-        Verdict::Retry { error, .. } | Verdict::Reject { error } => {
-            tracing::warn!(destination = id, %error, events = parked, "delivery failed; events parked (`tally forward retry` sends them again)");
-            app.forward_stats.with(id, |s| {
-                s.parked += parked;
-                s.retried += n - parked;
-            })
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

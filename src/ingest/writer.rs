@@ -157,13 +157,21 @@ impl Writer {
             // of one row (id and secondary) may both reach it in a group.
             let entries =
                 resolve_touches(conn, &mut group, now_micros, |u| events::update(conn, u))?;
+            // The outbox before the events: measured, an appender flushed
+            // right before COMMIT often left DuckDB's worker threads awake to
+            // take the commit task while this thread spun waiting for it.
+            let forwarded = self.outbox_rows(&group);
+            outbox::append(conn, &forwarded)?;
             events::append(conn, &group.rows, &group.dropped)?;
-            outbox::append(conn, &self.outbox_rows(&group), now_micros)?;
-            Ok::<_, crate::store::StoreError>((group, entries))
+            let forwarded = !forwarded.is_empty();
+            Ok::<_, crate::store::StoreError>((group, entries, forwarded))
         });
         match result {
-            Ok((group, entries)) => {
+            Ok((group, entries, forwarded)) => {
                 self.healthy.store(true, Ordering::SeqCst);
+                if forwarded {
+                    self.destinations.wake();
+                }
                 let rows = (group.rows.len() + group.dropped.len()) as u64;
                 self.metrics
                     .commit(started.elapsed().as_micros() as u64, rows);

@@ -1,9 +1,11 @@
 //! Forwarding's tables: `destinations` (one JSON config per destination) and
 //! `outbox`, the transactional outbox. The writer appends an outbox row in
-//! the same transaction as the unique event it forwards; the sender reads
-//! due rows in pages, joined with the event as it stands then (so copies
-//! that merged in during the settle delay go out too), and marks each row
-//! delivered or failed. A row is found again by its `rowid`.
+//! the same transaction as the unique event it forwards: the event's key
+//! and window start (which find its row in `events`), the destination and
+//! the due time, nothing it would have to copy. The sender reads due rows
+//! in pages, joined with the event as it stands then (so copies that merged
+//! in during the settle delay go out too), and marks each row delivered or
+//! failed. A row is found again by its `rowid`.
 
 use super::{timestamp, Result, StoreError};
 use crate::domain::forward::Destination;
@@ -12,7 +14,7 @@ use duckdb::arrow::array::{
     ArrayRef, Int32Array, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
 use duckdb::arrow::record_batch::RecordBatch;
-use duckdb::{params, Connection};
+use duckdb::{params, Connection, OptionalExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -57,18 +59,17 @@ pub fn remove_destination(conn: &Connection, id: u32) -> Result<bool> {
 }
 
 /// Appends one outbox row per (destination, event, due time), in the
-/// caller's transaction.
-pub fn append(conn: &Connection, rows: &[(u32, &EventRow, i64)], now: i64) -> Result<()> {
+/// caller's transaction. Only numbers and a short state: this runs inside
+/// every ingest commit, and each string costs the append a call per row.
+pub fn append(conn: &Connection, rows: &[(u32, &EventRow, i64)]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let text = |f: fn(&EventRow) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|(_, r, _)| f(r)),
+    let times = |f: fn(&(u32, &EventRow, i64)) -> i64| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from_iter_values(
+            rows.iter().map(f),
         ))
     };
-    let times =
-        |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from_iter_values(v)) };
     let n = rows.len();
     let columns: Vec<(&str, ArrayRef)> = vec![
         (
@@ -77,9 +78,6 @@ pub fn append(conn: &Connection, rows: &[(u32, &EventRow, i64)], now: i64) -> Re
                 rows.iter().map(|(d, _, _)| *d as i32),
             )),
         ),
-        ("site", text(|r| r.site.name.as_str())),
-        ("event_id", text(|r| r.event.event_id.as_str())),
-        ("event_name", text(|r| r.event.event_name.as_str())),
         (
             "key_hash",
             Arc::new(UInt64Array::from_iter_values(
@@ -92,15 +90,8 @@ pub fn append(conn: &Connection, rows: &[(u32, &EventRow, i64)], now: i64) -> Re
                 rows.iter().map(|(_, r, _)| r.key.high()),
             )),
         ),
-        (
-            "window_start",
-            times(rows.iter().map(|(_, r, _)| r.received_at).collect()),
-        ),
-        ("created_at", times(vec![now; n])),
-        (
-            "due_at",
-            times(rows.iter().map(|(_, _, due)| *due).collect()),
-        ),
+        ("window_start", times(|(_, r, _)| r.received_at)),
+        ("due_at", times(|(_, _, due)| *due)),
         (
             "attempts",
             Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(0, n))),
@@ -137,10 +128,6 @@ pub struct Due {
     pub attempts: u32,
     /// The event; `None` when it is no longer in the store.
     pub event: Option<Forwarded>,
-    /// The event's id (from the outbox row).
-    pub event_id: String,
-    /// Its name.
-    pub event_name: String,
 }
 
 /// What a destination receives of an event.
@@ -176,33 +163,55 @@ pub struct Forwarded {
     pub anonymous_id: Option<String>,
 }
 
-/// Up to `limit` pending rows of `dest_id` due at `now`, oldest due first.
-pub fn due(conn: &Connection, dest_id: u32, now: i64, limit: usize) -> Result<Vec<Due>> {
+/// What a destination has waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Queue {
+    /// Nothing pending.
+    Idle,
+    /// Pending rows, none due yet (a settle delay).
+    Waiting,
+    /// Due rows, oldest due first.
+    Due(Vec<Due>),
+}
+
+/// Up to `limit` pending rows of `dest_id` (a destination of `site`) due
+/// at `now`, with their events. The outbox alone is read first, so an idle
+/// destination costs one small scan and never touches `events`.
+pub fn due(conn: &Connection, dest_id: u32, site: &str, now: i64, limit: usize) -> Result<Queue> {
+    let first: Option<bool> = conn
+        .prepare_cached(
+            "SELECT due_at <= ? FROM outbox WHERE dest_id = ? AND state = 'pending' \
+             ORDER BY due_at LIMIT 1",
+        )?
+        .query_row(params![timestamp(now), dest_id], |r| r.get(0))
+        .optional()?;
+    match first {
+        None => return Ok(Queue::Idle),
+        Some(false) => return Ok(Queue::Waiting),
+        Some(true) => {}
+    }
     let mut stmt = conn.prepare_cached(
         "WITH o AS (SELECT rowid AS rid, * FROM outbox \
                     WHERE dest_id = ? AND state = 'pending' AND due_at <= ? ORDER BY due_at, rid LIMIT ?) \
-         SELECT o.rid, o.attempts, o.event_id, o.event_name, o.site, e.source, \
+         SELECT o.rid, o.attempts, e.event_id, e.event_name, e.site, e.source, \
                 e.seen_pixel, e.seen_server, e.seen_import, epoch_us(e.occurred_at), epoch_us(e.received_at), \
                 e.url, e.referrer, e.session_id, e.properties::VARCHAR, e.user_data::VARCHAR, \
                 e.user_id, e.anonymous_id \
-         FROM o LEFT JOIN events e ON e.site = o.site AND e.key_hash = o.key_hash \
+         FROM o LEFT JOIN events e ON e.site = ? AND e.key_hash = o.key_hash \
               AND e.key_hash2 = o.key_hash2 AND e.received_at = o.window_start \
          ORDER BY o.due_at, o.rid",
     )?;
     let rows = stmt
-        .query_map(params![dest_id, timestamp(now), limit as i64], |r| {
-            let source: Option<String> = r.get(5)?;
-            let event_id: String = r.get(2)?;
-            let event_name: String = r.get(3)?;
-            let event = match source {
+        .query_map(params![dest_id, timestamp(now), limit as i64, site], |r| {
+            let event = match r.get::<_, Option<String>>(2)? {
                 None => None,
-                Some(source) => {
+                Some(event_id) => {
                     let flags: [bool; 3] = [r.get(6)?, r.get(7)?, r.get(8)?];
                     Some(Forwarded {
+                        event_id,
+                        event_name: r.get(3)?,
                         site: r.get(4)?,
-                        event_id: event_id.clone(),
-                        event_name: event_name.clone(),
-                        source,
+                        source: r.get(5)?,
                         sources_seen: ["pixel", "server", "import"]
                             .iter()
                             .zip(flags)
@@ -225,12 +234,10 @@ pub fn due(conn: &Connection, dest_id: u32, now: i64, limit: usize) -> Result<Ve
                 rowid: r.get(0)?,
                 attempts: r.get::<_, i32>(1)?.max(0) as u32,
                 event,
-                event_id,
-                event_name,
             })
         })?
         .collect::<duckdb::Result<Vec<_>>>()?;
-    Ok(rows)
+    Ok(Queue::Due(rows))
 }
 
 fn rowid_list(rowids: &[i64]) -> String {
@@ -287,7 +294,7 @@ pub fn park_older(conn: &Connection, dest_id: u32, before: i64) -> Result<u64> {
     let n = conn.execute(
         "UPDATE outbox SET state = 'parked', \
          last_error = coalesce(last_error || '; ', '') || 'undelivered past the age limit' \
-         WHERE dest_id = ? AND state = 'pending' AND created_at < ?",
+         WHERE dest_id = ? AND state = 'pending' AND window_start < ?",
         params![dest_id, timestamp(before)],
     )?;
     Ok(n as u64)
@@ -330,7 +337,7 @@ pub fn counts(conn: &Connection, now: i64) -> Result<Vec<(u32, Counts)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT dest_id, count(*) FILTER (WHERE state = 'delivered'), \
          count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'parked'), \
-         coalesce(? - epoch_us(min(created_at) FILTER (WHERE state = 'pending')), 0) \
+         coalesce(? - epoch_us(min(window_start) FILTER (WHERE state = 'pending')), 0) \
          FROM outbox GROUP BY dest_id",
     )?;
     let rows = stmt
