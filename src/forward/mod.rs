@@ -1,11 +1,13 @@
 //! Forwarding (SPEC §6): each unique event a destination wants goes out once,
 //! after dedup, from a transactional outbox.
 //!
-//! The writer appends an outbox row in the same transaction as the event
-//! (see [`crate::ingest`]), so a committed event is never lost to forwarding
-//! and a dropped copy is never forwarded. [`run`] drains the outbox: per
-//! destination it reads due rows in pages, sends them (a webhook POST per
-//! event, a Conversions API request per 1,000), and marks them delivered.
+//! The writer records each group of new events in the outbox in the same
+//! transaction as the events (see [`crate::store::outbox`]), so a committed
+//! event is never lost to forwarding and a dropped copy is never forwarded.
+//! [`run`] drains the outbox: per destination it expands recorded groups
+//! into per-event rows when it has nothing due, reads due rows in pages,
+//! sends them (a webhook POST per event, a Conversions API request per
+//! 1,000), and marks them delivered.
 //! A failure that may pass (network, timeout, 429, 5xx) backs the whole
 //! destination off (exponential with jitter, honouring `Retry-After`), so a
 //! receiver that is down costs one attempt per backoff, never a busy loop;
@@ -25,6 +27,7 @@ use crate::store::outbox::{self, Counts, Due, Queue};
 use payload::Verdict;
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,12 @@ const POLL: Duration = Duration::from_millis(250);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// Delivered rows are kept this long (for `forward list` counts and SQL).
 const KEEP_DELIVERED_MICROS: i64 = 7 * 86_400 * 1_000_000;
+/// Recorded groups expanded into per-event rows at a time (a group holds
+/// what one ingest commit brought: up to a few thousand events).
+const EXPAND_GROUPS: usize = 16;
+/// After the writer's wake-up, how long the sender waits for more commits
+/// to come along, so a busy writer does not drive a pass per commit.
+const GATHER: Duration = Duration::from_millis(50);
 /// Rows a webhook destination reads at a time.
 const WEBHOOK_PAGE: usize = 100;
 /// A receiver that has not answered by then has failed this attempt.
@@ -48,6 +57,7 @@ pub struct Registry {
     all: RwLock<Arc<Vec<Arc<Destination>>>>,
     requeued: Mutex<Vec<u32>>,
     wake: tokio::sync::Notify,
+    last_group: AtomicI64,
 }
 
 impl Registry {
@@ -77,6 +87,13 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .push(id);
         self.wake();
+    }
+
+    /// The writer is recording a group of new events that arrived at
+    /// `received_at`: whether no earlier group shared that microsecond (a
+    /// test's frozen clock), so that the group can be found by its time.
+    pub fn group_arrived(&self, received_at: i64) -> bool {
+        self.last_group.fetch_max(received_at, Ordering::SeqCst) < received_at
     }
 
     /// New outbox rows were committed: the sender looks at once.
@@ -292,7 +309,7 @@ impl Sender {
             // writer, which wakes the sender after each commit with some.
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
-                _ = self.app.destinations.wake.notified() => {}
+                _ = self.app.destinations.wake.notified() => tokio::time::sleep(GATHER).await,
             }
         }
     }
@@ -306,12 +323,23 @@ impl Sender {
         let now = self.app.clock.now_micros();
         let dest = d.clone();
         let due = match self
-            .db(move |conn| outbox::due(conn, dest.id, &dest.site, now, page))
+            .db(move |conn| {
+                let queue = outbox::due(conn, dest.id, &dest.site, now, page)?;
+                // Nothing due: turn the next groups the writer recorded into
+                // per-event rows (a destination that is down never gets
+                // here, so its backlog stays one row per group).
+                let expanded = match queue {
+                    Queue::Due(_) => 0,
+                    _ => outbox::expand(conn, &dest, EXPAND_GROUPS, None, "pending", None)?.0,
+                };
+                Ok((queue, expanded))
+            })
             .await?
         {
-            Queue::Idle => return Ok(PageResult::Idle),
-            Queue::Waiting => return Ok(PageResult::Waiting),
-            Queue::Due(rows) => rows,
+            (_, expanded) if expanded > 0 => return Ok(PageResult::Sent),
+            (Queue::Idle, _) => return Ok(PageResult::Idle),
+            (Queue::Waiting, _) => return Ok(PageResult::Waiting),
+            (Queue::Due(rows), _) => rows,
         };
         // An event deleted since (by hand or retention) has nothing to send.
         let (gone, due): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|r| r.event.is_none());
@@ -427,7 +455,17 @@ impl Sender {
 fn keep_house(app: &App, conn: &duckdb::Connection) -> crate::store::Result<()> {
     let now = app.clock.now_micros();
     for d in app.destinations.all().iter() {
-        let parked = outbox::park_older(conn, d.id, now - i64::from(d.max_age_secs) * 1_000_000)?;
+        let cutoff = now - i64::from(d.max_age_secs) * 1_000_000;
+        let mut parked = outbox::park_older(conn, d.id, cutoff)?;
+        let error = Some("undelivered past the age limit");
+        loop {
+            let (groups, events) =
+                outbox::expand(conn, d, EXPAND_GROUPS, Some(cutoff), "parked", error)?;
+            parked += events;
+            if groups == 0 {
+                break;
+            }
+        }
         if parked > 0 {
             tracing::warn!(
                 destination = d.id,

@@ -107,11 +107,16 @@ pub const MIGRATIONS: &[&str] = &[
         delivered_at TIMESTAMP
     );
     ",
-    // 4: a slimmer outbox. The writer appends one row per unique event and
-    // destination inside the ingest commit, and strings cost that append
-    // most (measured: -9 to -14 % ingest with one destination); the event's
-    // site, id and name are in `events`, found by key and window start.
-    // Age limits count from `window_start`, the event's first arrival.
+    // 4: the outbox in two steps, so that ingest pays least. The writer
+    // records, in the commit of each group, one `outbox_groups` row per
+    // destination: the group's arrival time and how many of its new events
+    // the destination wants (measured: a row per event there cost 10-13 %
+    // of ingest, one prepared insert per group ~3 %). The sender expands
+    // those into per-event `outbox` rows, in one transaction with the
+    // deletion of the group rows, as it gets to them. Per-event rows hold
+    // numbers and a short state: the event's site, id and name are in
+    // `events`, found by key and arrival time. Age limits count from
+    // `window_start`, the event's first arrival.
     "
     CREATE TABLE outbox_v4 (
         dest_id      INTEGER   NOT NULL,
@@ -130,6 +135,11 @@ pub const MIGRATIONS: &[&str] = &[
         FROM outbox;
     DROP TABLE outbox;
     ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE TABLE outbox_groups (
+        dest_id     INTEGER   NOT NULL,
+        received_at TIMESTAMP NOT NULL,
+        events      INTEGER   NOT NULL
+    );
     ",
 ];
 

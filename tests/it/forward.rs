@@ -286,12 +286,15 @@ fn each_unique_event_is_delivered_once_when_pixel_and_server_both_send_it() {
         ],
     );
 
+    // The clock moves between requests, as it does live: each commit's
+    // events are recorded as one outbox group per destination.
     for i in 1..=10 {
         pixel_order(
             &app,
             &format!("ord_{i}"),
             json!({"order_id": i.to_string()}),
         );
+        app.clock.advance_secs(1);
     }
     let page_view = json!({"site": app.site_key, "event_id": "pv_1", "event_name": "page.view"});
     assert_eq!(app.pixel(page_view, ORIGIN).status(), 204);
@@ -890,4 +893,77 @@ fn the_settle_delay_lets_a_later_copy_merge_in_before_the_event_leaves() {
     );
     assert_eq!(body["sources_seen"], json!(["pixel", "server"]));
     assert_eq!(body["source"], "server");
+}
+
+#[test]
+fn a_destination_gets_the_events_that_arrive_after_it_is_added_even_in_the_same_microsecond() {
+    // The test clock is frozen: every commit below has the same arrival time.
+    let app = spawn_app();
+    app.send(json!([order("before", json!({}))]));
+    let hook = Receiver::webhook();
+    forward_add(
+        app.dir.path(),
+        &["--webhook", &hook.url, "--secret", SECRET],
+    );
+    app.send(json!([order("after_1", json!({}))]));
+    app.send(json!([
+        order("after_2", json!({})),
+        event("pv", "page.view")
+    ]));
+    let mut ids: Vec<String> = hook.exactly(2).iter().map(Hit::event_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["after_1", "after_2"]);
+}
+
+#[test]
+fn events_undelivered_past_the_age_limit_are_parked() {
+    let app = spawn_app();
+    let hook = Receiver::start(|_, _| status(503));
+    let dir = app.dir.path();
+    let id = forward_add(
+        dir,
+        &[
+            "--webhook",
+            &hook.url,
+            "--secret",
+            SECRET,
+            "--max-age",
+            "60s",
+        ],
+    );
+    app.send(json!([order("o1", json!({}))]));
+    hook.wait("the first attempt", |h| !h.is_empty());
+    // Backed off: these stay recorded as groups, not yet as event rows.
+    for i in 2..=4 {
+        app.clock.advance_secs(1);
+        app.send(json!([order(&format!("o{i}"), json!({}))]));
+    }
+    let pending = |list: &BTreeMap<u64, Value>| list[&id]["pending"].as_u64().unwrap();
+    assert_eq!(pending(&forward_list(dir)), 4, "a backlog counts whole");
+    app.clock.advance_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = forward_list(dir);
+        if listed[&id]["parked"] == 4 {
+            assert_eq!(pending(&listed), 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not parked: {:?}", listed[&id]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let errors = app.query("SELECT DISTINCT last_error FROM outbox");
+    assert!(
+        errors
+            .iter()
+            .all(|r| r[0].as_str().unwrap().contains("past the age limit")),
+        "{errors:?}"
+    );
+    let text = metrics(&app);
+    assert_eq!(
+        series(
+            &text,
+            &format!("tally_outbox_events{{destination=\"{id}\",state=\"parked\"}}")
+        ),
+        4.0
+    );
 }
