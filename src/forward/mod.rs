@@ -348,6 +348,7 @@ impl Sender {
             gone.iter().map(|r| r.rowid).collect(),
             Verdict::Reject {
                 error: "the event is no longer in the store".into(),
+                per_event: false,
             },
         )
         .await?;
@@ -384,18 +385,34 @@ impl Sender {
                 graph_url,
                 test_event_code,
             } => {
-                let events: Vec<_> = due.iter().filter_map(|r| r.event.as_ref()).collect();
-                let body = payload::meta_body(&events, d, token, test_event_code.as_deref());
                 let url = format!(
                     "{}/{META_GRAPH_VERSION}/{pixel_id}/events",
                     graph_url.trim_end_matches('/')
                 );
-                let verdict = post(self.client.post(url).json(&body), true).await;
-                let retry = retry_of(&verdict);
-                self.record(d, due.iter().map(|r| r.rowid).collect(), verdict)
-                    .await?;
-                if let Some(retry_after) = retry {
-                    return Ok(PageResult::Failed { retry_after });
+                // Meta refuses a whole request for one bad event: a refusal
+                // that may be per event sends each half apart, down to
+                // single events, so only the bad ones are parked.
+                let mut batches = vec![due.as_slice()];
+                while let Some(batch) = batches.pop() {
+                    let events: Vec<_> = batch.iter().filter_map(|r| r.event.as_ref()).collect();
+                    let body = payload::meta_body(&events, d, token, test_event_code.as_deref());
+                    let verdict = post(self.client.post(&url).json(&body), true).await;
+                    if let Verdict::Reject {
+                        per_event: true, ..
+                    } = verdict
+                    {
+                        if batch.len() > 1 {
+                            let (a, b) = batch.split_at(batch.len() / 2);
+                            batches.extend([b, a]);
+                            continue;
+                        }
+                    }
+                    let retry = retry_of(&verdict);
+                    self.record(d, batch.iter().map(|r| r.rowid).collect(), verdict)
+                        .await?;
+                    if let Some(retry_after) = retry {
+                        return Ok(PageResult::Failed { retry_after });
+                    }
                 }
             }
         }
@@ -423,7 +440,7 @@ impl Sender {
                 let (error, park) = match &v {
                     Verdict::Delivered => return outbox::delivered(conn, &rowids, now).map(|()| 0),
                     Verdict::Retry { error, .. } => (error, false),
-                    Verdict::Reject { error } => (error, true),
+                    Verdict::Reject { error, .. } => (error, true),
                 };
                 let parked = outbox::failed(conn, &rowids, error, max_attempts, park)?;
                 if parked > 0 {
@@ -438,7 +455,7 @@ impl Sender {
                 tracing::debug!(destination = id, %error, "delivery failed; will retry");
                 app.forward_stats.with(id, |s| s.retried += n)
             }
-            Verdict::Retry { error, .. } | Verdict::Reject { error } => {
+            Verdict::Retry { error, .. } | Verdict::Reject { error, .. } => {
                 tracing::warn!(destination = id, %error, events = parked, "delivery failed; events parked (`tally forward retry` sends them again)");
                 app.forward_stats.with(id, |s| {
                     s.parked += parked;

@@ -684,7 +684,7 @@ fn parked_events_show_in_list_and_metrics_and_retry_replays_them() {
     let up = Arc::new(AtomicBool::new(false));
     let (a_up, b_up, c_up) = (up.clone(), up.clone(), up.clone());
     // 1: down (503), parks after 2 attempts. 2: refuses (422) at once.
-    // 3: Meta refusing with a permanent error (code 100).
+    // 3: Meta refusing the whole request for good (an invalid token, code 190).
     let down = Receiver::start(move |_, _| {
         status(if a_up.load(Ordering::SeqCst) {
             200
@@ -703,7 +703,7 @@ fn parked_events_show_in_list_and_metrics_and_retry_replays_them() {
         if c_up.load(Ordering::SeqCst) {
             meta_received(hit)
         } else {
-            meta_error(400, 100, "Invalid parameter")
+            meta_error(400, 190, "Invalid OAuth access token")
         }
     });
     let a = forward_add(
@@ -746,7 +746,7 @@ fn parked_events_show_in_list_and_metrics_and_retry_replays_them() {
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(down.hits().len(), 2, "parked after max attempts: no third");
     assert_eq!(refusing.hits().len(), 3, "a 422 is not retried");
-    assert_eq!(graph.hits().len(), 1, "Meta's code 100 is not retried");
+    assert_eq!(graph.hits().len(), 1, "Meta's code 190 is not retried");
 
     let listed = forward_list(dir);
     let counts = |id: u64| {
@@ -965,5 +965,65 @@ fn events_undelivered_past_the_age_limit_are_parked() {
             &format!("tally_outbox_events{{destination=\"{id}\",state=\"parked\"}}")
         ),
         4.0
+    );
+}
+
+#[test]
+fn meta_refusing_a_batch_for_one_bad_event_parks_only_that_event() {
+    let app = spawn_app();
+    // Like Meta: one invalid event (here, one named "bad") fails the request.
+    let graph = Receiver::start(|_, hit| {
+        let body = hit.json();
+        let data = body["data"].as_array().unwrap();
+        if data.iter().any(|e| e["event_id"] == "bad") {
+            meta_error(400, 100, "Invalid parameter")
+        } else {
+            meta_received(hit)
+        }
+    });
+    let id = forward_add(
+        app.dir.path(),
+        &["--meta", "PX4", "--token", "T", "--graph-url", &graph.url],
+    );
+    let ids = ["m1", "m2", "bad", "m3", "m4"];
+    app.send(json!(ids
+        .iter()
+        .map(|i| order(i, json!({})))
+        .collect::<Vec<_>>()));
+
+    let requests = graph.wait("the halves", |h| {
+        h.iter()
+            .filter(|r| r.ok())
+            .map(|r| r.json()["data"].as_array().unwrap().len())
+            .sum::<usize>()
+            >= 4
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(graph.hits().len(), requests.len(), "nothing more after");
+    assert_eq!(
+        requests[0].json()["data"].as_array().unwrap().len(),
+        5,
+        "one batch first"
+    );
+    let mut delivered: Vec<String> = requests
+        .iter()
+        .filter(|r| r.ok())
+        .flat_map(|r| r.json()["data"].as_array().unwrap().clone())
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["m1", "m2", "m3", "m4"], "each good event once");
+    let listed = forward_list(app.dir.path());
+    assert_eq!(
+        (
+            listed[&id]["delivered"].as_u64(),
+            listed[&id]["parked"].as_u64()
+        ),
+        (Some(4), Some(1))
+    );
+    let parked = app.query("SELECT last_error FROM outbox WHERE state = 'parked'");
+    assert!(
+        parked[0][0].as_str().unwrap().contains("Invalid parameter"),
+        "{parked:?}"
     );
 }
