@@ -111,7 +111,7 @@ pub const MIGRATIONS: &[&str] = &[
     // records, in the commit of each group, one `outbox_groups` row per
     // destination: the group's arrival time and how many of its new events
     // the destination wants (measured: a row per event there cost 10-13 %
-    // of ingest, one prepared insert per group ~3 %). The sender expands
+    // of ingest, a row per group ~6 %; BENCHMARKS.md). The sender expands
     // those into per-event `outbox` rows, in one transaction with the
     // deletion of the group rows, as it gets to them. Per-event rows hold
     // numbers and a short state: the event's site, id and name are in
