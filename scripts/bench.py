@@ -5,6 +5,7 @@
     scripts/bench.py restart    [--keys 10000000]              # time to healthy with N keys in the window
     scripts/bench.py dashboard  [--events 10000000]            # median latency of every /api/ query, 30 days
     scripts/bench.py dropin     [--runs 3] [--batch 100]       # /v1/batch (Segment SDKs' shape) beside /v1/events
+    scripts/bench.py forward    [--seconds 15] [--runs 3]      # ingest with no destination vs one webhook that is down
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
 CARGO_TARGET_DIR, default ~/.cache/tally/target).
@@ -65,6 +66,42 @@ def bench_ingest(a):
     print(f"RSS after load: {rss_mb(proc.pid):.1f} MB")
     proc.terminate(); proc.wait()
     shutil.rmtree(d)
+
+
+def loadgen_rate(base, token, seconds, threads):
+    out = subprocess.run([EXAMPLE("loadgen"), base, token, str(seconds), str(threads), "500", "0.3"],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.split()[0]), out.strip()
+
+
+def bench_forward(a):
+    """Ingest throughput without destinations, and with one webhook whose
+    port refuses connections, alternating runs on fresh data dirs."""
+    down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    rates = {"none": [], "webhook down": []}
+    for run in range(a.runs):
+        for case in rates:
+            d = tempfile.mkdtemp()
+            token = add_site(d)
+            if case == "webhook down":
+                subprocess.run([TALLY, "forward", "add", "shop", "--webhook", down, "--data-dir", d],
+                               check=True, capture_output=True)
+            proc, base = serve(d)
+            wait_healthy(base)
+            time.sleep(1)
+            rate, line = loadgen_rate(base, token, a.seconds, a.threads)
+            rates[case].append(rate)
+            print(f"run {run + 1} {case:13s} {line}")
+            if case == "webhook down":
+                listed = json.loads(subprocess.run([TALLY, "forward", "list", "--json", "--data-dir", d],
+                                                   check=True, capture_output=True, text=True).stdout)[0]
+                print(f"  destination: pending {listed['pending']}, delivered {listed['delivered']}, "
+                      f"parked {listed['parked']}")
+            proc.terminate(); proc.wait()
+            shutil.rmtree(d)
+    none, down_ = statistics.median(rates["none"]), statistics.median(rates["webhook down"])
+    print(f"median events/s: no destination {none:,.0f}; one webhook down {down_:,.0f} "
+          f"({100 * (down_ - none) / none:+.1f} %)")
 
 
 def bench_restart(a):
@@ -141,11 +178,12 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("ingest"); i.add_argument("--seconds", type=int, default=20); i.add_argument("--threads", type=int, default=4)
     r = sub.add_parser("restart"); r.add_argument("--keys", type=int, default=10_000_000)
+    f = sub.add_parser("forward"); f.add_argument("--seconds", type=int, default=15); f.add_argument("--threads", type=int, default=4); f.add_argument("--runs", type=int, default=3)
     dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
     dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
     dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin}[a.cmd](a)
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward}[a.cmd](a)
 
 
 if __name__ == "__main__":

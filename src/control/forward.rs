@@ -168,9 +168,9 @@ pub fn retry(app: &App, id: u32) -> Result<u64, ControlError> {
             "no destination {id}; `tally forward list` shows them"
         )));
     }
-    Ok(outbox::retry_parked(
-        &app.store.connect()?,
-        id,
-        app.clock.now_micros(),
-    )?)
+    let (conn, now) = (app.store.connect()?, app.clock.now_micros());
+    let requeued = outbox::retry_parked(&conn, id, now)?;
+    app.forward_stats.refresh(&conn, now)?;
+    app.destinations.requeued(id);
+    Ok(requeued)
 }

@@ -113,6 +113,10 @@ pub enum Verdict {
     Reject {
         /// Why.
         error: String,
+        /// The refusal may concern some events of a batch only (Meta's
+        /// "invalid parameter", code 100, refuses a whole request for one
+        /// bad event): send the halves apart to find them.
+        per_event: bool,
     },
 }
 
@@ -142,7 +146,10 @@ pub fn judge(status: u16, retry_after: Option<u64>, body: &str, meta: bool) -> V
                         retry_after,
                     }
                 } else {
-                    Verdict::Reject { error: message }
+                    Verdict::Reject {
+                        error: message,
+                        per_event: code == 100,
+                    }
                 };
             }
             if (200..300).contains(&status) && v.get("events_received").is_some() {
@@ -163,6 +170,7 @@ pub fn judge(status: u16, retry_after: Option<u64>, body: &str, meta: bool) -> V
         },
         _ => Verdict::Reject {
             error: error_text(format!("HTTP {status}")),
+            per_event: false,
         },
     }
 }
@@ -263,8 +271,16 @@ mod tests {
         );
         let bad = r#"{"error":{"message":"Invalid parameter","code":100}}"#;
         assert!(
-            matches!(judge(400, None, bad, true), Verdict::Reject { error } if error.contains("Invalid parameter"))
+            matches!(judge(400, None, bad, true), Verdict::Reject { error, per_event: true } if error.contains("Invalid parameter"))
         );
+        let token = r#"{"error":{"message":"Invalid OAuth access token","code":190}}"#;
+        assert!(matches!(
+            judge(400, None, token, true),
+            Verdict::Reject {
+                per_event: false,
+                ..
+            }
+        ));
         let busy = r#"{"error":{"message":"busy","code":2}}"#;
         assert!(matches!(
             judge(200, None, busy, true),

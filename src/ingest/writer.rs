@@ -12,7 +12,7 @@
 
 use super::{FeedItem, IngestError, Job, Mode, Outcome, Quotas};
 use crate::dedup::{Entry, Group, KeyIndex, Touch};
-use crate::domain::row::{EventRow, RowUpdate};
+use crate::domain::row::RowUpdate;
 use crate::domain::{Clock, KeyHash, Site, Source};
 use crate::metrics::{Fate, Metrics};
 use crate::store::events::{self, WindowRow};
@@ -74,7 +74,7 @@ pub(super) struct Writer {
     pub feed: broadcast::Sender<Arc<FeedItem>>,
     /// Longest window of any site seen; keys older than it are swept.
     pub max_window: u32,
-    /// Forwarding destinations: each new event one wants gets an outbox row.
+    /// Forwarding destinations: the outbox records the new events each wants.
     pub destinations: Arc<crate::forward::Registry>,
 }
 
@@ -157,13 +157,19 @@ impl Writer {
             // of one row (id and secondary) may both reach it in a group.
             let entries =
                 resolve_touches(conn, &mut group, now_micros, |u| events::update(conn, u))?;
+            // Before the events' appenders: measured, a statement right
+            // before COMMIT can leave DuckDB's worker threads awake to take
+            // the commit task while this thread spins waiting for it.
+            let forwarded = self.record_outbox(conn, &group)?;
             events::append(conn, &group.rows, &group.dropped)?;
-            outbox::append(conn, &self.outbox_rows(&group), now_micros)?;
-            Ok::<_, crate::store::StoreError>((group, entries))
+            Ok::<_, crate::store::StoreError>((group, entries, forwarded))
         });
         match result {
-            Ok((group, entries)) => {
+            Ok((group, entries, forwarded)) => {
                 self.healthy.store(true, Ordering::SeqCst);
+                if forwarded {
+                    self.destinations.wake();
+                }
                 let rows = (group.rows.len() + group.dropped.len()) as u64;
                 self.metrics
                     .commit(started.elapsed().as_micros() as u64, rows);
@@ -192,29 +198,53 @@ impl Writer {
         }
     }
 
-    /// The outbox rows of a group: one per new event and destination that
-    /// wants it, due after the destination's settle delay.
-    fn outbox_rows<'g>(&self, group: &'g Group) -> Vec<(u32, &'g EventRow, i64)> {
+    /// Records a group's new events in the outbox for the destinations
+    /// that want them: per destination, one row with the group's arrival
+    /// time (which all its new events share) and how many it wants; the
+    /// sender expands it. A group that shares its microsecond with an
+    /// earlier one gets a row per event instead. Whether anything was
+    /// recorded.
+    fn record_outbox(&self, conn: &Connection, group: &Group) -> Result<bool> {
+        let Some(first) = group.rows.first() else {
+            return Ok(false);
+        };
+        let fresh = self.destinations.group_arrived(first.received_at)
+            && group
+                .rows
+                .iter()
+                .all(|r| r.received_at == first.received_at);
         let dests = self.destinations.all();
         if dests.is_empty() {
-            return Vec::new();
+            return Ok(false);
         }
-        group
-            .rows
-            .iter()
-            .flat_map(|row| {
-                dests
-                    .iter()
-                    .filter(|d| d.site == row.site.name && d.wants(&row.event.event_name))
-                    .map(move |d| {
-                        (
-                            d.id,
-                            row,
-                            row.received_at + i64::from(d.settle_secs) * 1_000_000,
-                        )
-                    })
-            })
-            .collect()
+        let mut marks: HashMap<u32, u32> = HashMap::new();
+        let mut rows = Vec::new();
+        for row in &group.rows {
+            for d in dests.iter() {
+                if d.site == row.site.name && d.wants(&row.event.event_name) {
+                    *marks.entry(d.id).or_default() += 1;
+                    let due = row.received_at + i64::from(d.settle_secs) * 1_000_000;
+                    if !fresh {
+                        rows.push((d.id, row.key, row.received_at, due));
+                    }
+                }
+            }
+        }
+        let any = !marks.is_empty();
+        if fresh {
+            let marks: Vec<outbox::Mark> = marks
+                .into_iter()
+                .map(|(dest_id, events)| outbox::Mark {
+                    dest_id,
+                    received_at: first.received_at,
+                    events,
+                })
+                .collect();
+            outbox::mark(conn, &marks)?;
+        } else {
+            outbox::append(conn, &rows)?;
+        }
+        Ok(any)
     }
 
     /// Test mode: the same decisions on a scratch group, reading what they

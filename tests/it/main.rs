@@ -11,6 +11,7 @@ mod cli;
 mod dashboard_api;
 mod dashboard_browser;
 mod dedup;
+mod forward;
 mod hardening;
 mod hostile;
 mod ingest;
