@@ -2,6 +2,7 @@
 
 use crate::browser::{eventually, Browser, PageServer};
 use crate::helpers::*;
+use crate::proxy::{Action, Plan, Proxy, Reply};
 use serde_json::json;
 
 /// Makes `origin` the only allowed origin of `site`.
@@ -136,4 +137,92 @@ fn data_auto_false_turns_page_views_off() {
         app.count("SELECT count(*) FROM events WHERE event_name = 'page.view'"),
         0
     );
+}
+
+/// `reply` as the browser can read it: with the CORS header the server's
+/// own pixel answers carry, so `tally.js` sees the status, not a network
+/// error.
+fn readable(mut reply: Reply) -> Reply {
+    reply
+        .headers
+        .push(("Access-Control-Allow-Origin".into(), "*".into()));
+    reply
+}
+
+#[test]
+fn a_503_is_retried_with_the_same_event_id_and_counted_once_and_a_400_is_not_retried() {
+    let app = spawn_app();
+    // The first `order.completed` reaches the server, which commits it, but
+    // the browser gets a 503 (a proxy restarting in front of Tally); every
+    // `bad.request` gets a 400 without reaching the server.
+    let mut orders = 0;
+    let proxy = Proxy::start(
+        &app.base,
+        Plan::new(move |req| {
+            let name = req
+                .json()
+                .and_then(|b| b["event_name"].as_str().map(str::to_owned));
+            match name.as_deref() {
+                Some("order.completed") if req.path() == "/v1/pixel" => {
+                    orders += 1;
+                    if orders == 1 {
+                        Action::ForwardThenAnswer(readable(Reply::unavailable()))
+                    } else {
+                        Action::Forward
+                    }
+                }
+                Some("bad.request") => Action::Answer(readable(Reply {
+                    status: 400,
+                    headers: vec![("Content-Type".into(), "application/json".into())],
+                    body: br#"{"error":"bad_request"}"#.to_vec(),
+                })),
+                _ => Action::Forward,
+            }
+        }),
+    );
+    let key = app.site_key.clone();
+    let html = format!(
+        r#"<!doctype html><html><head><script defer src="{}/tally.js" data-site="{key}" data-auto="false"></script></head><body>x</body></html>"#,
+        proxy.base
+    );
+    let pages = PageServer::start(html);
+    allow(&app, "shop", &pages.origin);
+    let browser = Browser::launch();
+    browser.goto(&pages.origin);
+    eventually("the script to load", || {
+        browser.execute("return typeof tally", json!([])) == json!("object")
+    });
+    browser.execute(
+        "tally.track('bad.request', {}); tally.track('order.completed', {order_id: '42'})",
+        json!([]),
+    );
+
+    let pixel_requests = |name: &str| -> Vec<serde_json::Value> {
+        proxy
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.request.path() == "/v1/pixel")
+            .filter_map(|e| e.request.json())
+            .filter(|b| b["event_name"] == name)
+            .collect()
+    };
+    eventually("the retry of the order after its 503", || {
+        pixel_requests("order.completed").len() == 2
+    });
+    let sent = pixel_requests("order.completed");
+    assert_eq!(
+        sent[0], sent[1],
+        "the retry re-sends the same body, so the same event_id"
+    );
+    eventually("the retry to be counted as a duplicate", || {
+        app.count("SELECT count(*) FROM duplicates") == 1
+    });
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_name = 'order.completed'"),
+        1
+    );
+    // A retry of the 400 would have come 1 s after it, beside the order's.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(pixel_requests("bad.request").len(), 1, "a 400 is final");
+    assert_eq!(pixel_requests("order.completed").len(), 2);
 }
