@@ -9,7 +9,11 @@
 //! messages `segment-analytics-python` sends, HTTP Basic write key) or
 //! `segment-gzip` (the same, gzipped as the SDKs do by default; the
 //! compression runs here, on the load generator's share of the CPU).
-//! Prints events/s, accepted / deduplicated, and request latency percentiles.
+//! Prints events/s, accepted / deduplicated, and request latency percentiles,
+//! then checks that the server accepted each unique event sent once and
+//! answered every copy as a duplicate (exit 1 otherwise). A `503` is retried
+//! with the same body. Order ids are unique per thread and event, so a
+//! secondary key on `order.completed=order_id` matches only true copies.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -104,7 +108,7 @@ fn events_body(thread: usize, ids: &[u64]) -> String {
         .map(|id| {
             let name = NAMES[(id % 4) as usize];
             format!(
-                r#"{{"event_id":"t{thread}_{id}","event_name":"{name}","source":"server","session_id":"s_{}","properties":{{"order_id":"{id}","total":{}.99}}}}"#,
+                r#"{{"event_id":"t{thread}_{id}","event_name":"{name}","source":"server","session_id":"s_{}","properties":{{"order_id":"{thread}_{id}","total":{}.99}}}}"#,
                 id / 7,
                 id % 500
             )
@@ -129,7 +133,7 @@ fn segment_body(thread: usize, ids: &[u64], now: &str) -> String {
                     id % 500
                 ),
                 name => format!(
-                    r#"{{"type":"track","event":"{name}",{common},"properties":{{"order_id":"{id}","total":{}.99}}}}"#,
+                    r#"{{"type":"track","event":"{name}",{common},"properties":{{"order_id":"{thread}_{id}","total":{}.99}}}}"#,
                     id % 500
                 ),
             }
@@ -214,6 +218,7 @@ fn main() {
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
+    let (sent_unique, sent_copies) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let handles: Vec<_> = (0..a.threads)
         .map(|t| {
@@ -224,6 +229,7 @@ fn main() {
                 deduplicated.clone(),
                 failed.clone(),
             );
+            let (sent_unique, sent_copies) = (sent_unique.clone(), sent_copies.clone());
             std::thread::spawn(move || {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678));
                 let mut next_id = 0;
@@ -231,28 +237,40 @@ fn main() {
                 let mut stream = BufReader::new(TcpStream::connect(&a.host).expect("connect"));
                 stream.get_ref().set_nodelay(true).unwrap();
                 let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let (mut unique, mut copies) = (0, 0);
                 while !stop.load(Ordering::Relaxed) {
+                    let before = next_id;
                     let ids = ids(&mut rng, &mut next_id, a.batch, a.dup);
                     let json = match a.mode {
                         Mode::Events => events_body(t, &ids),
                         Mode::Segment { .. } => segment_body(t, &ids, &now),
                     };
                     let request = request(a.mode, &a.token, json);
-                    let t0 = Instant::now();
-                    match post(&mut stream, &a.host, &request) {
-                        Ok((200, answer)) => {
-                            latencies.push(t0.elapsed());
-                            acc.fetch_add(field(&answer, "accepted"), Ordering::Relaxed);
-                            dd.fetch_add(field(&answer, "deduplicated"), Ordering::Relaxed);
+                    // A 503 is retried with the same body, as real senders
+                    // do, so every batch is stored once and the end check
+                    // below is exact.
+                    loop {
+                        let t0 = Instant::now();
+                        match post(&mut stream, &a.host, &request) {
+                            Ok((200, answer)) => {
+                                latencies.push(t0.elapsed());
+                                acc.fetch_add(field(&answer, "accepted"), Ordering::Relaxed);
+                                dd.fetch_add(field(&answer, "deduplicated"), Ordering::Relaxed);
+                                break;
+                            }
+                            Ok((503, _)) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            Ok((status, answer)) => panic!("status {status}: {answer}"),
+                            Err(e) => panic!("request failed: {e}"),
                         }
-                        Ok((503, _)) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Ok((status, answer)) => panic!("status {status}: {answer}"),
-                        Err(e) => panic!("request failed: {e}"),
                     }
+                    unique += next_id - before;
+                    copies += ids.len() as u64 - (next_id - before);
                 }
+                sent_unique.fetch_add(unique, Ordering::Relaxed);
+                sent_copies.fetch_add(copies, Ordering::Relaxed);
                 latencies
             })
         })
@@ -290,4 +308,15 @@ fn main() {
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
     );
+    // The end check: every unique event sent was accepted once, every copy
+    // answered as a duplicate.
+    let (unique, copies) = (
+        sent_unique.load(Ordering::Relaxed),
+        sent_copies.load(Ordering::Relaxed),
+    );
+    println!("end check: sent {unique} unique and {copies} copies");
+    if (acc, dd) != (unique, copies) {
+        eprintln!("end check FAILED: accepted {acc} (sent {unique} unique), deduplicated {dd} (sent {copies} copies)");
+        std::process::exit(1);
+    }
 }

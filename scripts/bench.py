@@ -6,6 +6,7 @@
     scripts/bench.py dashboard  [--events 10000000]            # median latency of every /api/ query, 30 days
     scripts/bench.py dropin     [--runs 3] [--batch 100]       # /v1/batch (Segment SDKs' shape) beside /v1/events
     scripts/bench.py forward    [--seconds 15] [--runs 3]      # ingest with no destination vs one webhook that is down
+    scripts/bench.py keys       [--seconds 15] [--runs 3]      # ingest without vs with a secondary key; index bytes a key
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
 CARGO_TARGET_DIR, default ~/.cache/tally/target).
@@ -72,6 +73,55 @@ def loadgen_rate(base, token, seconds, threads):
     out = subprocess.run([EXAMPLE("loadgen"), base, token, str(seconds), str(threads), "500", "0.3"],
                          check=True, capture_output=True, text=True).stdout
     return float(out.split()[0]), out.strip()
+
+
+def stored_events(data_dir):
+    out = subprocess.run([TALLY, "sql", "SELECT count(*) FROM events", "--format", "csv", "--data-dir", data_dir],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1])
+
+
+def end_check(data_dir, line):
+    """The loadgen checked the answers; this checks the file: one row per
+    unique event sent."""
+    unique = int(re.search(r"sent (\d+) unique", line).group(1))
+    stored = stored_events(data_dir)
+    if stored != unique:
+        raise SystemExit(f"end check FAILED: {stored} events stored, {unique} unique sent")
+    return stored
+
+
+def bench_keys(a):
+    """Ingest without a secondary key and with `order.completed=order_id`
+    (a quarter of the loadgen's events carry it), alternating runs on fresh
+    data dirs; then a restart of each dir rebuilds the index from the file
+    and logs its size, so bytes a key are measured, not computed."""
+    rates = {"no key": [], "secondary key": []}
+    for run in range(a.runs):
+        for case in rates:
+            d = tempfile.mkdtemp()
+            token = add_site(d)
+            if case == "secondary key":
+                subprocess.run([TALLY, "site", "set", "shop", "--key", "order.completed=order_id", "--data-dir", d],
+                               check=True, capture_output=True)
+            proc, base = serve(d)
+            wait_healthy(base)
+            time.sleep(1)
+            rate, line = loadgen_rate(base, token, a.seconds, a.threads)
+            rates[case].append(rate)
+            proc.terminate(); proc.wait()
+            stored = end_check(d, line)
+            proc, base = serve(d)
+            wait_healthy(base)
+            proc.terminate(); _, err = proc.communicate()
+            rebuilt = next((l for l in err.decode().splitlines() if "dedup index rebuilt" in l), "")
+            fields = dict(re.findall(r"(\w+)=\"?([\d.]+)", rebuilt))
+            print(f"run {run + 1} {case:13s} {rate:9,.0f} events/s; {stored:,} stored; index after restart: "
+                  f"{int(fields.get('keys', 0)):,} keys, {fields.get('index_mb')} MB, {fields.get('bytes_per_key')} bytes a key, "
+                  f"{float(fields.get('bytes_per_key', 0)) * int(fields.get('keys', 0)) / stored:.1f} bytes an event")
+            shutil.rmtree(d)
+    none, keyed = statistics.median(rates["no key"]), statistics.median(rates["secondary key"])
+    print(f"median events/s: no key {none:,.0f}; secondary key {keyed:,.0f} ({100 * (keyed - none) / none:+.1f} %)")
 
 
 def bench_forward(a):
@@ -180,10 +230,11 @@ def main():
     r = sub.add_parser("restart"); r.add_argument("--keys", type=int, default=10_000_000)
     f = sub.add_parser("forward"); f.add_argument("--seconds", type=int, default=15); f.add_argument("--threads", type=int, default=4); f.add_argument("--runs", type=int, default=3)
     dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
+    k = sub.add_parser("keys"); k.add_argument("--seconds", type=int, default=15); k.add_argument("--threads", type=int, default=4); k.add_argument("--runs", type=int, default=3)
     dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
     dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward}[a.cmd](a)
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys}[a.cmd](a)
 
 
 if __name__ == "__main__":

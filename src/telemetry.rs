@@ -6,6 +6,7 @@
 //! with a 400, and anyone could flood the log with it. The default filter
 //! silences that one target; `RUST_LOG` overrides it all.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// The directive that keeps clients' malformed requests out of the log.
@@ -18,5 +19,7 @@ pub fn init(default_level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
