@@ -3,24 +3,36 @@
 //! Keys already anywhere in the store count as duplicates, so importing the
 //! same file twice, or history that is already there, changes no count.
 //!
-//! Lines are read and parsed while the writer commits the chunk before
-//! (two chunks in flight), and a chunk waits for room in the ingest queue
-//! rather than failing when live traffic fills it. Progress (bytes read of
-//! the file) is reported as the import goes, for the CLI's progress bar.
+//! Lines are read and parsed in batches of [`LOOKUP`]; each batch's keys are
+//! looked up in the store at once, on the import's own connection (one pass
+//! over the key columns, however old the history), then handed to the writer
+//! in chunks with what was found. The next batch is read and looked up while
+//! the writer commits this one, and a chunk waits for room in the ingest
+//! queue rather than failing when live traffic fills it. Keys committed after
+//! a lookup are in the writer's live window, so nothing slips between the
+//! two. Progress (bytes read of the file) is reported as the import goes,
+//! for the CLI's progress bar.
 
 use super::ControlError;
 use crate::app::App;
 use crate::domain::{Event, EventError, Source};
-use crate::ingest::{Answer, IngestError, Mode};
+use crate::ingest::{prepare, Answer, IngestError, Mode};
+use crate::store::events::existing_keys;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::sync::Arc;
 
+/// Events whose keys are looked up in the store at once: each lookup reads
+/// the key columns of the site's events, so fewer, larger lookups keep a
+/// long backfill linear (measured: per 2,000 keys, a 200,000-line import ran
+/// at 1,400 lines/s).
+const LOOKUP: usize = 100_000;
 /// Events handed to the writer at a time.
 const CHUNK: usize = 5_000;
-/// Chunks queued for the writer at once.
-const IN_FLIGHT: usize = 2;
+/// Chunks queued for the writer at once: a batch, and the next one's start.
+const IN_FLIGHT: usize = LOOKUP / CHUNK + 2;
 /// Rejected lines listed in the answer (all are counted).
 const MAX_LISTED_ERRORS: usize = 100;
 
@@ -90,12 +102,36 @@ pub fn run(
     } else {
         Mode::Import
     };
+    let conn = app.store.connect()?;
     let mut tally = Tally::default();
     let mut pending: VecDeque<Answer> = VecDeque::new();
-    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut batch = Vec::with_capacity(LOOKUP);
     let mut at = Progress {
         total,
         ..Progress::default()
+    };
+    // Looks up one batch's keys, then queues it in chunks.
+    let send = |batch: Vec<Event>, tally: &mut Tally, pending: &mut VecDeque<Answer>| {
+        let copies = prepare(&site, batch);
+        let keys: Vec<_> = copies
+            .iter()
+            .flat_map(|c| std::iter::once(c.key).chain(c.secondary.as_ref().map(|s| s.key)))
+            .collect();
+        let history = Arc::new(existing_keys(&conn, &site.name, &keys)?);
+        let mut copies = copies.into_iter().peekable();
+        while copies.peek().is_some() {
+            let chunk: Vec<_> = copies.by_ref().take(CHUNK).collect();
+            while pending.len() >= IN_FLIGHT {
+                tally.settle(pending)?;
+            }
+            pending.push_back(ingest.submit_patiently(
+                site.clone(),
+                chunk,
+                history.clone(),
+                mode,
+            )?);
+        }
+        Ok::<_, ControlError>(())
     };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut raw = Vec::new();
@@ -111,20 +147,22 @@ pub fn run(
         at.lines += 1;
         match parse_line(&raw) {
             None => {}
-            Some(Ok(event)) => chunk.push(event),
+            Some(Ok(event)) => batch.push(event),
             Some(Err(e)) => tally.reject(at.lines, e),
         }
-        if chunk.len() >= CHUNK {
-            if pending.len() >= IN_FLIGHT {
-                tally.settle(&mut pending)?;
-            }
-            let events = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-            pending.push_back(ingest.submit_patiently(site.clone(), events, mode)?);
+        if at.lines % CHUNK as u64 == 0 {
             progress(at);
         }
+        if batch.len() >= LOOKUP {
+            send(
+                std::mem::replace(&mut batch, Vec::with_capacity(LOOKUP)),
+                &mut tally,
+                &mut pending,
+            )?;
+        }
     }
-    if !chunk.is_empty() {
-        pending.push_back(ingest.submit_patiently(site.clone(), chunk, mode)?);
+    if !batch.is_empty() {
+        send(batch, &mut tally, &mut pending)?;
     }
     while !pending.is_empty() {
         tally.settle(&mut pending)?;

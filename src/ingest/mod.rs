@@ -16,10 +16,11 @@ mod writer;
 pub use quota::{QuotaExceeded, Quotas};
 
 use crate::dedup::{Copy, Decision};
-use crate::domain::{Clock, Event, Site};
+use crate::domain::{Clock, Event, KeyHash, Site, Source};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crossbeam_channel::{bounded, Sender, TrySendError};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -63,6 +64,10 @@ impl Mode {
     }
 }
 
+/// Keys a backfill found in the store, however old, with the source of the
+/// copy kept there ([`crate::store::events::existing_keys`]).
+pub type History = HashMap<KeyHash, Source>;
+
 /// Why a request's events were not stored. Nothing of it was stored.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
@@ -99,31 +104,45 @@ struct Job {
     site: Arc<Site>,
     copies: Vec<Copy>,
     mode: Mode,
+    /// What the store held of the copies' keys, when the caller looked it
+    /// up before queueing (`tally import`); else the writer looks it up for
+    /// a mode that [checks history](Mode::checks_history).
+    history: Option<Arc<History>>,
     queued_at: std::time::Instant,
-    reply: oneshot::Sender<Result<Outcome, IngestError>>,
+    reply: Reply,
 }
+
+/// Where the writer sends a job's answer.
+type Reply = oneshot::Sender<Result<Outcome, IngestError>>;
 
 /// Where a job's answer arrives, after its commit.
 pub type Answer = oneshot::Receiver<Result<Outcome, IngestError>>;
 
 impl Job {
-    /// A job for `events` of `site`, their keys computed here (on the
-    /// caller's thread, not the writer's), and the receiver of its answer.
-    fn new(site: Arc<Site>, events: Vec<Event>, mode: Mode) -> (Job, Answer) {
+    /// A job for `copies` of `site` and the receiver of its answer.
+    fn new(
+        site: Arc<Site>,
+        copies: Vec<Copy>,
+        mode: Mode,
+        history: Option<Arc<History>>,
+    ) -> (Job, Answer) {
         let (reply, rx) = oneshot::channel();
-        let copies = events
-            .into_iter()
-            .map(|e| Copy::prepare(&site, e))
-            .collect();
         let job = Job {
             site,
             copies,
             mode,
+            history,
             queued_at: std::time::Instant::now(),
             reply,
         };
         (job, rx)
     }
+}
+
+/// The copies of `events`, their keys computed on the caller's thread (not
+/// the writer's).
+pub fn prepare(site: &Site, events: Vec<Event>) -> Vec<Copy> {
+    events.into_iter().map(|e| Copy::prepare(site, e)).collect()
 }
 
 /// Handle to the writer thread.
@@ -201,7 +220,8 @@ impl Ingest {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(IngestError::QueueFull);
         }
-        let (job, rx) = Job::new(site, events, mode);
+        let copies = prepare(&site, events);
+        let (job, rx) = Job::new(site, copies, mode, None);
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match guard.as_ref() {
             Some(tx) => tx.try_send(job).map_err(|e| match e {
@@ -234,22 +254,25 @@ impl Ingest {
         rx.await.unwrap_or(Err(IngestError::Closed))
     }
 
-    /// Queues like [`Ingest::ingest_blocking`] without waiting for the
-    /// answer, and waits for room in the queue instead of refusing: a
-    /// backfill yields to live traffic rather than failing (imports).
+    /// Queues a backfill's chunk without waiting for the answer, and waits
+    /// for room in the queue instead of refusing: a backfill yields to live
+    /// traffic rather than failing (imports). `copies` come from
+    /// [`prepare`]; `history` holds what the store had of their keys when
+    /// the caller looked (keys committed since are in the writer's window).
     pub fn submit_patiently(
         &self,
         site: Arc<Site>,
-        events: Vec<Event>,
+        copies: Vec<Copy>,
+        history: Arc<History>,
         mode: Mode,
     ) -> Result<Answer, IngestError> {
-        let n = events.len();
+        let n = copies.len();
         while self.queued.fetch_add(n, Ordering::SeqCst) + n > MAX_QUEUED_EVENTS {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (job, rx) = Job::new(site, events, mode);
+        let (job, rx) = Job::new(site, copies, mode, Some(history));
         // A blocking send: the caller is a CLI thread, never an HTTP worker.
         let sent = match tx {
             Some(tx) => tx.send(job).map_err(|_| IngestError::Closed),

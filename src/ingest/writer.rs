@@ -10,7 +10,7 @@
 //! whole. Test-mode jobs run the same steps on a scratch group after the
 //! live ones and never write.
 
-use super::{FeedItem, IngestError, Job, Mode, Outcome, Quotas};
+use super::{FeedItem, History, IngestError, Job, Mode, Outcome, Quotas, Reply};
 use crate::dedup::{Entry, Group, KeyIndex, Touch};
 use crate::domain::row::RowUpdate;
 use crate::domain::{Clock, KeyHash, Site, Source};
@@ -143,15 +143,9 @@ impl Writer {
         let result = transaction(&self.conn, |conn| {
             let mut group = Group::new(now_micros);
             for job in jobs {
-                let range = decide_job(
-                    conn,
-                    &self.index,
-                    &mut group,
-                    job.site,
-                    job.copies,
-                    job.mode,
-                )?;
-                replies.push((job.reply, range));
+                let (reply, copies) = job.split();
+                let range = decide_job(conn, &self.index, &mut group, copies)?;
+                replies.push((reply, range));
             }
             // Each update is written before the next touch reads: two keys
             // of one row (id and secondary) may both reach it in a group.
@@ -251,16 +245,10 @@ impl Writer {
     /// need, writing nothing and leaving the index as it is.
     fn answer_test(&self, job: Job) {
         let now_micros = self.clock.now_micros();
+        let (reply, copies) = job.split();
         let answer = (|| {
             let mut group = Group::new(now_micros);
-            let range = decide_job(
-                &self.conn,
-                &self.index,
-                &mut group,
-                job.site,
-                job.copies,
-                job.mode,
-            )?;
+            let range = decide_job(&self.conn, &self.index, &mut group, copies)?;
             resolve_touches(&self.conn, &mut group, now_micros, |_| Ok(()))?;
             let (accepted, deduplicated) = group.counts(range.clone());
             Ok::<_, crate::store::StoreError>(Outcome {
@@ -269,9 +257,7 @@ impl Writer {
                 decisions: Some(group.decisions[range].to_vec()),
             })
         })();
-        let _ = job
-            .reply
-            .send(answer.map_err(|e| IngestError::Store(e.to_string())));
+        let _ = reply.send(answer.map_err(|e| IngestError::Store(e.to_string())));
     }
 
     /// Folds a committed group into the index, metrics, quotas and the live feed.
@@ -317,30 +303,63 @@ impl Writer {
 }
 
 /// Decides one job's copies into `group`; returns the range of their
-/// decisions. Imports first look up, in one query, the keys of their copies
-/// that no live window holds.
+/// decisions. A backfill's keys that no live window holds are checked
+/// against the store's history: the one its caller looked up, or else one
+/// query here for the keys no live window holds.
 fn decide_job(
     conn: &Connection,
     index: &KeyIndex,
     group: &mut Group,
+    job: JobCopies,
+) -> Result<std::ops::Range<usize>> {
+    let start = group.decisions.len();
+    let history = match job.history {
+        Some(h) => h,
+        None if job.mode.checks_history() => {
+            let fresh: Vec<KeyHash> = job
+                .copies
+                .iter()
+                .flat_map(|c| group.history_keys(index, &job.site, c))
+                .collect();
+            Arc::new(events::existing_keys(conn, &job.site.name, &fresh)?)
+        }
+        None => Arc::default(),
+    };
+    for copy in job.copies {
+        group.decide(index, &job.site, copy, &history);
+    }
+    Ok(start..group.decisions.len())
+}
+
+/// What [`decide_job`] takes of a [`Job`] (its reply stays with the caller).
+struct JobCopies {
     site: Arc<Site>,
     copies: Vec<crate::dedup::Copy>,
     mode: Mode,
-) -> Result<std::ops::Range<usize>> {
-    let start = group.decisions.len();
-    let history = if mode.checks_history() {
-        let fresh: Vec<KeyHash> = copies
-            .iter()
-            .flat_map(|c| group.history_keys(index, &site, c))
-            .collect();
-        events::existing_keys(conn, &site.name, &fresh)?
-    } else {
-        HashMap::new()
-    };
-    for copy in copies {
-        group.decide(index, &site, copy, &history);
+    history: Option<Arc<History>>,
+}
+
+impl Job {
+    /// The reply, and what is decided.
+    fn split(self) -> (Reply, JobCopies) {
+        let Job {
+            site,
+            copies,
+            mode,
+            history,
+            reply,
+            ..
+        } = self;
+        (
+            reply,
+            JobCopies {
+                site,
+                copies,
+                mode,
+                history,
+            },
+        )
     }
-    Ok(start..group.decisions.len())
 }
 
 /// Reads the stored rows the group's touches need, works out their changes

@@ -211,6 +211,58 @@ fn import_finds_keys_older_than_the_window() {
     );
 }
 
+/// Several of the import's lookup batches (100,000 lines each): history
+/// older than the window, secondary keys, and copies of lines from an
+/// earlier batch (live in the window by then, not in the lookup's snapshot).
+#[test]
+fn a_long_import_finds_history_and_its_own_earlier_lines_across_batches() {
+    let app = spawn_app();
+    app.set(|s| {
+        s.secondary_keys
+            .insert("order.completed".into(), "order_id".into());
+    });
+    // 20,000 orders stored a month ago, sent by the server under other ids.
+    let old: Vec<_> = (0..20_000)
+        .map(|i| {
+            json!({"event_id": format!("srv_{i}"), "event_name": "order.completed",
+                        "properties": {"order_id": i}})
+        })
+        .collect();
+    for part in old.chunks(500) {
+        app.send(json!(part));
+    }
+    app.clock.advance_secs(30 * 86_400);
+    // 240,000 lines: 210,000 orders, of which the first 20,000 are the
+    // stored ones by their order id, then 20,000 repeats of lines 0..20,000
+    // and 10,000 of lines 100,000..110,000 (from the first two batches).
+    let mut text = String::new();
+    let line = |i: usize| {
+        format!("{{\"event_id\":\"px_{i}\",\"event_name\":\"order.completed\",\"properties\":{{\"order_id\":\"{i}\"}}}}\n")
+    };
+    for i in 0..210_000 {
+        text.push_str(&line(i));
+    }
+    for i in (0..20_000).chain(100_000..110_000) {
+        text.push_str(&line(i));
+    }
+    let file = app.dir.path().join("long.ndjson");
+    std::fs::write(&file, text).unwrap();
+    let answer = tally::control::execute(
+        &app.app,
+        tally::control::Request::Import {
+            path: file,
+            site: "shop".into(),
+            dry_run: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["deduplicated"].as_u64()),
+        (Some(190_000), Some(50_000))
+    );
+    assert_eq!(app.count("SELECT count(*) FROM events"), 210_000);
+}
+
 #[test]
 fn export_writes_each_format_and_ndjson_round_trips_through_import() {
     let dir = tempfile::tempdir().unwrap();
