@@ -7,6 +7,8 @@
     scripts/bench.py dropin     [--runs 3] [--batch 100]       # /v1/batch (Segment SDKs' shape) beside /v1/events
     scripts/bench.py forward    [--seconds 15] [--runs 3]      # ingest with no destination vs one webhook that is down
     scripts/bench.py import     [--lines 1000000]              # tally import (server stopped), 30 % already stored; twice
+    scripts/bench.py resend     [--events 200000]              # duplicates/s of re-sent copies before vs right after a restart
+    scripts/bench.py pixel      [--seconds 15] [--runs 5]      # /v1/pixel under wrk, beside the bare actix ceiling; RSS
     scripts/bench.py keys       [--seconds 15] [--runs 3]      # ingest without vs with a secondary key; index bytes a key
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
@@ -186,6 +188,117 @@ def bench_import(a):
     shutil.rmtree(d)
 
 
+def send_all(base, token, events, batch=50):
+    """Sends `events` in sequential batches on one keep-alive connection;
+    returns (seconds, accepted, deduplicated)."""
+    import http.client
+    host = base.removeprefix("http://")
+    conn = http.client.HTTPConnection(host)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    acc = dd = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(events), batch):
+        conn.request("POST", "/v1/events", json.dumps({"events": events[i:i + batch]}), headers)
+        res = conn.getresponse(); body = json.loads(res.read())
+        if res.status != 200:
+            raise SystemExit(f"status {res.status}: {body}")
+        acc += body["accepted"]; dd += body["deduplicated"]
+    return time.perf_counter() - t0, acc, dd
+
+
+def bench_resend(a):
+    """A sender re-sends every event it sent (after a deploy or a crash):
+    duplicates/s of the same copies with the server still up, then again
+    right after a restart (the index rebuilt from the file)."""
+    d = tempfile.mkdtemp()
+    token = add_site(d)
+    events = [{"event_id": f"r_{i}", "event_name": ["order.completed", "signup", "cart.add"][i % 3],
+               "source": "server", "properties": {"order_id": str(i), "total": i % 500 + 0.99, "sku": f"sku-{i % 97}"}}
+              for i in range(a.events)]
+    proc, base = serve(d)
+    wait_healthy(base)
+    secs, acc, _ = send_all(base, token, events)
+    print(f"stored {acc:,} events in {secs:.1f} s ({acc / secs:,.0f}/s, sequential batches of 50)")
+    rates = {}
+    for case in ("before restart", "after restart"):
+        if case == "after restart":
+            proc.terminate(); proc.wait()
+            proc, base = serve(d)
+            wait_healthy(base)
+        secs, acc, dd = send_all(base, token, events)
+        if acc != 0 or dd != a.events:
+            raise SystemExit(f"{case}: accepted {acc}, deduplicated {dd}: expected every copy a duplicate")
+        rates[case] = dd / secs
+        print(f"{case:15s} {dd:,} duplicates in {secs:.1f} s = {dd / secs:,.0f} duplicates/s")
+    print(f"after/before: {rates['after restart'] / rates['before restart']:.2f}")
+    proc.terminate(); proc.wait()
+    shutil.rmtree(d)
+
+
+def wrk_pixel(base, site_key, seconds, connections):
+    """wrk against /v1/pixel with scripts/pixel.lua; (req/s, the WRK line)."""
+    lua = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pixel.lua")
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", lua,
+                          base + "/v1/pixel"], check=True, capture_output=True, text=True,
+                         env={**os.environ, "SITE_KEY": site_key}).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    line = next(l for l in out.splitlines() if l.startswith("WRK "))
+    fields = dict(kv.split("=") for kv in line.split()[1:])
+    if int(fields["non2xx"]) or int(fields["errors"]):
+        raise SystemExit(f"wrk saw failures: {line}")
+    return rate, fields
+
+
+def bench_pixel(a):
+    """/v1/pixel under wrk (256 connections, one new page view a request)
+    beside the bare actix handler of examples/ceiling.rs, alternating in
+    one run; each Tally run on a fresh data dir, its peak RSS sampled, its
+    stored rows checked against the answered requests."""
+    import threading
+    rates = {"ceiling": [], "tally": []}
+    for run in range(a.runs):
+        port = free_port()
+        ceiling = subprocess.Popen([EXAMPLE("ceiling"), f"127.0.0.1:{port}"])
+        base = f"http://127.0.0.1:{port}"
+        time.sleep(0.5)
+        rate, f = wrk_pixel(base, "pk_ceiling", a.seconds, a.connections)
+        rates["ceiling"].append(rate)
+        print(f"run {run + 1} ceiling {rate:9,.0f} req/s  p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms", flush=True)
+        ceiling.terminate(); ceiling.wait()
+
+        d = tempfile.mkdtemp()
+        out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
+                              "--data-dir", d], check=True, capture_output=True, text=True).stdout
+        site_key = json.loads(out)["site_key"]
+        proc, base = serve(d)
+        wait_healthy(base)
+        time.sleep(1)
+        peak = [0.0]
+        stop = threading.Event()
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_mb(proc.pid)); time.sleep(0.2)
+        sampler = threading.Thread(target=sample); sampler.start()
+        rate, f = wrk_pixel(base, site_key, a.seconds, a.connections)
+        time.sleep(10)
+        after = rss_mb(proc.pid)
+        stop.set(); sampler.join()
+        rates["tally"].append(rate)
+        proc.terminate(); proc.wait()
+        stored = stored_events(d)
+        answered = int(f["requests"])
+        # wrk stops with up to one request a connection unanswered; the
+        # server may have stored those.
+        if not answered <= stored <= answered + a.connections:
+            raise SystemExit(f"end check FAILED: {stored} stored, {answered} answered")
+        print(f"run {run + 1} tally   {rate:9,.0f} req/s  p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  "
+              f"= {rate / rates['ceiling'][-1]:.0%} of the ceiling; {stored:,} stored for {answered:,} answered; "
+              f"peak RSS {peak[0]:.0f} MB, {after:.0f} MB 10 s after", flush=True)
+        shutil.rmtree(d)
+    c, t = statistics.median(rates["ceiling"]), statistics.median(rates["tally"])
+    print(f"median req/s: ceiling {c:,.0f}; tally {t:,.0f} = {t / c:.0%}")
+
+
 def bench_forward(a):
     """Ingest throughput without destinations, and with one webhook whose
     port refuses connections, alternating runs on fresh data dirs."""
@@ -293,11 +406,14 @@ def main():
     f = sub.add_parser("forward"); f.add_argument("--seconds", type=int, default=15); f.add_argument("--threads", type=int, default=4); f.add_argument("--runs", type=int, default=3)
     dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
     im = sub.add_parser("import"); im.add_argument("--lines", type=int, default=1_000_000)
+    rs = sub.add_parser("resend"); rs.add_argument("--events", type=int, default=200_000)
+    px = sub.add_parser("pixel"); px.add_argument("--seconds", type=int, default=15); px.add_argument("--runs", type=int, default=5)
+    px.add_argument("--connections", type=int, default=256)
     k = sub.add_parser("keys"); k.add_argument("--seconds", type=int, default=15); k.add_argument("--threads", type=int, default=4); k.add_argument("--runs", type=int, default=3)
     dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
     dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import}[a.cmd](a)
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel}[a.cmd](a)
 
 
 if __name__ == "__main__":
