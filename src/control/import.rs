@@ -15,9 +15,11 @@
 
 use super::ControlError;
 use crate::app::App;
+use crate::domain::Site;
 use crate::domain::{Event, EventError, Source};
-use crate::ingest::{prepare, Answer, IngestError, Mode};
+use crate::ingest::{prepare, Answer, Ingest, IngestError, Mode};
 use crate::store::events::existing_keys;
+use duckdb::Connection;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -82,6 +84,54 @@ impl Tally {
     }
 }
 
+/// Hands an import's batches to the writer: looks up each batch's history,
+/// queues it in chunks, and settles the oldest answers as room is needed.
+struct Feeder<'a> {
+    ingest: &'a Ingest,
+    /// The import's own connection, for the history lookups.
+    conn: Connection,
+    site: Arc<Site>,
+    mode: Mode,
+    pending: VecDeque<Answer>,
+    tally: Tally,
+}
+
+impl Feeder<'_> {
+    /// Looks up what the store holds of `batch`'s keys (id and secondary),
+    /// then queues the batch in chunks with the answer.
+    fn send(&mut self, batch: Vec<Event>) -> Result<(), ControlError> {
+        let copies = prepare(&self.site, batch);
+        let keys: Vec<_> = copies
+            .iter()
+            .flat_map(|c| std::iter::once(c.key).chain(c.secondary.as_ref().map(|s| s.key)))
+            .collect();
+        let history = Arc::new(existing_keys(&self.conn, &self.site.name, &keys)?);
+        let mut copies = copies.into_iter().peekable();
+        while copies.peek().is_some() {
+            let chunk: Vec<_> = copies.by_ref().take(CHUNK).collect();
+            while self.pending.len() >= IN_FLIGHT {
+                self.tally.settle(&mut self.pending)?;
+            }
+            let answer = self.ingest.submit_patiently(
+                self.site.clone(),
+                chunk,
+                history.clone(),
+                self.mode,
+            )?;
+            self.pending.push_back(answer);
+        }
+        Ok(())
+    }
+
+    /// Waits for every chunk's answer; the import's counts.
+    fn finish(mut self) -> Result<Tally, ControlError> {
+        while !self.pending.is_empty() {
+            self.tally.settle(&mut self.pending)?;
+        }
+        Ok(self.tally)
+    }
+}
+
 /// Imports `path` into `site`; answers accepted / deduplicated / rejected.
 /// With `dry_run`, decides every line as the import would and stores nothing.
 /// `progress` hears how far it has come every few thousand lines.
@@ -102,36 +152,18 @@ pub fn run(
     } else {
         Mode::Import
     };
-    let conn = app.store.connect()?;
-    let mut tally = Tally::default();
-    let mut pending: VecDeque<Answer> = VecDeque::new();
+    let mut feeder = Feeder {
+        ingest,
+        conn: app.store.connect()?,
+        site,
+        mode,
+        pending: VecDeque::new(),
+        tally: Tally::default(),
+    };
     let mut batch = Vec::with_capacity(LOOKUP);
     let mut at = Progress {
         total,
         ..Progress::default()
-    };
-    // Looks up one batch's keys, then queues it in chunks.
-    let send = |batch: Vec<Event>, tally: &mut Tally, pending: &mut VecDeque<Answer>| {
-        let copies = prepare(&site, batch);
-        let keys: Vec<_> = copies
-            .iter()
-            .flat_map(|c| std::iter::once(c.key).chain(c.secondary.as_ref().map(|s| s.key)))
-            .collect();
-        let history = Arc::new(existing_keys(&conn, &site.name, &keys)?);
-        let mut copies = copies.into_iter().peekable();
-        while copies.peek().is_some() {
-            let chunk: Vec<_> = copies.by_ref().take(CHUNK).collect();
-            while pending.len() >= IN_FLIGHT {
-                tally.settle(pending)?;
-            }
-            pending.push_back(ingest.submit_patiently(
-                site.clone(),
-                chunk,
-                history.clone(),
-                mode,
-            )?);
-        }
-        Ok::<_, ControlError>(())
     };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut raw = Vec::new();
@@ -148,25 +180,17 @@ pub fn run(
         match parse_line(&raw) {
             None => {}
             Some(Ok(event)) => batch.push(event),
-            Some(Err(e)) => tally.reject(at.lines, e),
+            Some(Err(e)) => feeder.tally.reject(at.lines, e),
         }
-        if at.lines % CHUNK as u64 == 0 {
+        if at.lines.is_multiple_of(CHUNK as u64) {
             progress(at);
         }
         if batch.len() >= LOOKUP {
-            send(
-                std::mem::replace(&mut batch, Vec::with_capacity(LOOKUP)),
-                &mut tally,
-                &mut pending,
-            )?;
+            feeder.send(std::mem::replace(&mut batch, Vec::with_capacity(LOOKUP)))?;
         }
     }
-    if !batch.is_empty() {
-        send(batch, &mut tally, &mut pending)?;
-    }
-    while !pending.is_empty() {
-        tally.settle(&mut pending)?;
-    }
+    feeder.send(batch)?;
+    let tally = feeder.finish()?;
     progress(at);
     Ok(json!({
         "accepted": tally.accepted,
