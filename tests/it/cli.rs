@@ -191,15 +191,7 @@ fn import_finds_keys_older_than_the_window() {
     app.clock.advance_secs(30 * 86_400);
     let file = app.dir.path().join("old.ndjson");
     std::fs::write(&file, "{\"event_id\":\"o1\",\"event_name\":\"order.completed\"}\n{\"event_id\":\"o2\",\"event_name\":\"order.completed\"}\n").unwrap();
-    let answer = tally::control::execute(
-        &app.app,
-        tally::control::Request::Import {
-            path: file,
-            site: "shop".into(),
-            dry_run: false,
-        },
-    )
-    .unwrap();
+    let answer = app.import(file, false);
     assert_eq!(
         (answer["accepted"].as_u64(), answer["deduplicated"].as_u64()),
         (Some(1), Some(1))
@@ -247,15 +239,7 @@ fn a_long_import_finds_history_and_its_own_earlier_lines_across_batches() {
     }
     let file = app.dir.path().join("long.ndjson");
     std::fs::write(&file, text).unwrap();
-    let answer = tally::control::execute(
-        &app.app,
-        tally::control::Request::Import {
-            path: file,
-            site: "shop".into(),
-            dry_run: false,
-        },
-    )
-    .unwrap();
+    let answer = app.import(file, false);
     assert_eq!(
         (answer["accepted"].as_u64(), answer["deduplicated"].as_u64()),
         (Some(190_000), Some(50_000))

@@ -101,6 +101,20 @@ impl TestApp {
         req.send().unwrap()
     }
 
+    /// Runs `tally import FILE --site shop [--dry-run]` in this server's
+    /// process (as the control socket does) and returns its answer.
+    pub fn import(&self, file: std::path::PathBuf, dry_run: bool) -> Value {
+        tally::control::execute(
+            &self.app,
+            tally::control::Request::Import {
+                path: file,
+                site: "shop".into(),
+                dry_run,
+            },
+        )
+        .unwrap()
+    }
+
     /// POSTs events and returns the answer, asserting 200.
     pub fn send(&self, events: Value) -> Value {
         let res = self.post_events(events);

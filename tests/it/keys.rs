@@ -288,15 +288,7 @@ fn the_inspector_shows_a_new_window_and_import_history() {
     )
     .unwrap();
     app.clock.advance_secs(49 * 3600);
-    tally::control::execute(
-        &app.app,
-        tally::control::Request::Import {
-            path: file,
-            site: "shop".into(),
-            dry_run: false,
-        },
-    )
-    .unwrap();
+    app.import(file, false);
     let site = app.app.site("shop").unwrap();
     let found = tally::store::inspect::lookup(&app.app.store.connect().unwrap(), &site, "o1", None)
         .unwrap();

@@ -114,21 +114,28 @@ fn the_pixel_and_the_server_count_one_order_once() {
     );
 }
 
-#[test]
-fn data_auto_false_turns_page_views_off() {
-    let app = spawn_app();
-    let key = app.site_key.clone();
+/// A page on its own origin (allowed for `shop`) that loads `tally.js` from
+/// `tally_base` with automatic page views off, open in a new browser once
+/// the script has loaded.
+fn manual_page(app: &TestApp, tally_base: &str) -> (PageServer, Browser) {
+    let key = &app.site_key;
     let html = format!(
-        r#"<!doctype html><html><head><script defer src="{}/tally.js" data-site="{key}" data-auto="false"></script></head><body>x</body></html>"#,
-        app.base
+        r#"<!doctype html><html><head><script defer src="{tally_base}/tally.js" data-site="{key}" data-auto="false"></script></head><body>x</body></html>"#
     );
     let pages = PageServer::start(html);
-    allow(&app, "shop", &pages.origin);
+    allow(app, "shop", &pages.origin);
     let browser = Browser::launch();
     browser.goto(&pages.origin);
     eventually("the script to load", || {
         browser.execute("return typeof tally", json!([])) == json!("object")
     });
+    (pages, browser)
+}
+
+#[test]
+fn data_auto_false_turns_page_views_off() {
+    let app = spawn_app();
+    let (_pages, browser) = manual_page(&app, &app.base);
     browser.execute("tally.track('signup', {plan: 'free'})", json!([]));
     eventually("the manual event", || {
         app.count("SELECT count(*) FROM events WHERE event_name = 'signup'") == 1
@@ -180,18 +187,7 @@ fn a_503_is_retried_with_the_same_event_id_and_counted_once_and_a_400_is_not_ret
             }
         }),
     );
-    let key = app.site_key.clone();
-    let html = format!(
-        r#"<!doctype html><html><head><script defer src="{}/tally.js" data-site="{key}" data-auto="false"></script></head><body>x</body></html>"#,
-        proxy.base
-    );
-    let pages = PageServer::start(html);
-    allow(&app, "shop", &pages.origin);
-    let browser = Browser::launch();
-    browser.goto(&pages.origin);
-    eventually("the script to load", || {
-        browser.execute("return typeof tally", json!([])) == json!("object")
-    });
+    let (_pages, browser) = manual_page(&app, &proxy.base);
     browser.execute(
         "tally.track('bad.request', {}); tally.track('order.completed', {order_id: '42'})",
         json!([]),

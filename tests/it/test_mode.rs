@@ -118,15 +118,7 @@ fn pixel_and_payload_tester_and_import_dry_run_store_nothing() {
         "{\"event_id\":\"d1\",\"event_name\":\"n\"}\n{\"event_id\":\"d1\",\"event_name\":\"n\"}\n",
     )
     .unwrap();
-    let dry = tally::control::execute(
-        &app.app,
-        tally::control::Request::Import {
-            path: file,
-            site: "shop".into(),
-            dry_run: true,
-        },
-    )
-    .unwrap();
+    let dry = app.import(file, true);
     assert_eq!(
         (&dry["accepted"], &dry["deduplicated"]),
         (&json!(1), &json!(1))
