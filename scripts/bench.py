@@ -94,37 +94,59 @@ def end_check(data_dir, line):
     return stored
 
 
-def bench_keys(a):
-    """Ingest without a secondary key and with `order.completed=order_id`
-    (a quarter of the loadgen's events carry it), alternating runs on fresh
-    data dirs; then a restart of each dir rebuilds the index from the file
-    and logs its size, so bytes a key are measured, not computed."""
-    rates = {"no key": [], "secondary key": []}
+def alternate_ingest(a, setups, while_up=None, after_stop=None):
+    """The ingest load (`a.threads` senders, 500 a request, 30 % copies) on
+    a fresh data dir per case, the cases alternating run after run so that a
+    busy spell on this shared machine hits each alike. `setups` maps each
+    case to what prepares its dir before the server starts; `while_up(case,
+    d)` runs after the load with the server up, `after_stop(case, d, line)`
+    once it has stopped. Prints the median events/s of each case beside the
+    first's."""
+    rates = {case: [] for case in setups}
     for run in range(a.runs):
-        for case in rates:
+        for case, setup in setups.items():
             d = tempfile.mkdtemp()
             token = add_site(d)
-            if case == "secondary key":
-                subprocess.run([TALLY, "site", "set", "shop", "--key", "order.completed=order_id", "--data-dir", d],
-                               check=True, capture_output=True)
+            setup(d)
             proc, base = serve(d)
             wait_healthy(base)
             time.sleep(1)
             rate, line = loadgen_rate(base, token, a.seconds, a.threads)
             rates[case].append(rate)
+            print(f"run {run + 1} {case:13s} {line.splitlines()[0]}", flush=True)
+            if while_up:
+                while_up(case, d)
             proc.terminate(); proc.wait()
-            stored = end_check(d, line)
-            proc, base = serve(d)
-            wait_healthy(base)
-            proc.terminate(); _, err = proc.communicate()
-            rebuilt = next((l for l in err.decode().splitlines() if "dedup index rebuilt" in l), "")
-            fields = dict(re.findall(r"(\w+)=\"?([\d.]+)", rebuilt))
-            print(f"run {run + 1} {case:13s} {rate:9,.0f} events/s; {stored:,} stored; index after restart: "
-                  f"{int(fields.get('keys', 0)):,} keys, {fields.get('index_mb')} MB, {fields.get('bytes_per_key')} bytes a key, "
-                  f"{float(fields.get('bytes_per_key', 0)) * int(fields.get('keys', 0)) / stored:.1f} bytes an event")
+            if after_stop:
+                after_stop(case, d, line)
             shutil.rmtree(d)
-    none, keyed = statistics.median(rates["no key"]), statistics.median(rates["secondary key"])
-    print(f"median events/s: no key {none:,.0f}; secondary key {keyed:,.0f} ({100 * (keyed - none) / none:+.1f} %)")
+    medians = {case: statistics.median(r) for case, r in rates.items()}
+    first = next(iter(medians.values()))
+    print("median events/s: " + "; ".join(f"{case} {m:,.0f} ({100 * (m - first) / first:+.1f} %)"
+                                          for case, m in medians.items()))
+
+
+def bench_keys(a):
+    """Ingest without a secondary key and with `order.completed=order_id`
+    (a quarter of the loadgen's events carry it); after each run the stored
+    rows are checked and a restart rebuilds the index from the file and logs
+    its size, so bytes a key are measured, not computed."""
+    def declare_key(d):
+        subprocess.run([TALLY, "site", "set", "shop", "--key", "order.completed=order_id", "--data-dir", d],
+                       check=True, capture_output=True)
+
+    def index_size(case, d, line):
+        stored = end_check(d, line)
+        proc, base = serve(d)
+        wait_healthy(base)
+        proc.terminate(); _, err = proc.communicate()
+        rebuilt = next((l for l in err.decode().splitlines() if "dedup index rebuilt" in l), "")
+        fields = dict(re.findall(r"(\w+)=\"?([\d.]+)", rebuilt))
+        keys, per_key = int(fields.get("keys", 0)), float(fields.get("bytes_per_key", 0))
+        print(f"  {stored:,} stored; index after restart: {keys:,} keys, {fields.get('index_mb')} MB, "
+              f"{per_key} bytes a key, {per_key * keys / stored:.1f} bytes an event")
+
+    alternate_ingest(a, {"no key": lambda d: None, "secondary key": declare_key}, after_stop=index_size)
 
 
 def write_backfill(path, lines, stored_share, seed=7):
@@ -301,32 +323,22 @@ def bench_pixel(a):
 
 def bench_forward(a):
     """Ingest throughput without destinations, and with one webhook whose
-    port refuses connections, alternating runs on fresh data dirs."""
+    port refuses connections."""
     down = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    rates = {"none": [], "webhook down": []}
-    for run in range(a.runs):
-        for case in rates:
-            d = tempfile.mkdtemp()
-            token = add_site(d)
-            if case == "webhook down":
-                subprocess.run([TALLY, "forward", "add", "shop", "--webhook", down, "--data-dir", d],
-                               check=True, capture_output=True)
-            proc, base = serve(d)
-            wait_healthy(base)
-            time.sleep(1)
-            rate, line = loadgen_rate(base, token, a.seconds, a.threads)
-            rates[case].append(rate)
-            print(f"run {run + 1} {case:13s} {line}")
-            if case == "webhook down":
-                listed = json.loads(subprocess.run([TALLY, "forward", "list", "--json", "--data-dir", d],
-                                                   check=True, capture_output=True, text=True).stdout)[0]
-                print(f"  destination: pending {listed['pending']}, delivered {listed['delivered']}, "
-                      f"parked {listed['parked']}")
-            proc.terminate(); proc.wait()
-            shutil.rmtree(d)
-    none, down_ = statistics.median(rates["none"]), statistics.median(rates["webhook down"])
-    print(f"median events/s: no destination {none:,.0f}; one webhook down {down_:,.0f} "
-          f"({100 * (down_ - none) / none:+.1f} %)")
+
+    def add_webhook(d):
+        subprocess.run([TALLY, "forward", "add", "shop", "--webhook", down, "--data-dir", d],
+                       check=True, capture_output=True)
+
+    def backlog(case, d):
+        if case == "webhook down":
+            listed = json.loads(subprocess.run([TALLY, "forward", "list", "--json", "--data-dir", d],
+                                               check=True, capture_output=True, text=True).stdout)[0]
+            print(f"  destination: pending {listed['pending']}, delivered {listed['delivered']}, "
+                  f"parked {listed['parked']}")
+
+    alternate_ingest(a, {"none": lambda d: None, "webhook down": add_webhook}, while_up=backlog,
+                     after_stop=lambda case, d, line: end_check(d, line))
 
 
 def bench_restart(a):
