@@ -235,6 +235,12 @@ fn forward_list(dir: &Path) -> BTreeMap<u64, Value> {
         .collect()
 }
 
+/// `(delivered, pending, parked)` of one destination of `forward list`.
+fn outbox_counts(listed: &Value) -> (u64, u64, u64) {
+    let n = |k: &str| listed[k].as_u64().unwrap();
+    (n("delivered"), n("pending"), n("parked"))
+}
+
 fn metrics(app: &TestApp) -> String {
     app.client
         .get(format!("{}/metrics", app.base))
@@ -399,14 +405,7 @@ fn each_unique_event_is_delivered_once_when_pixel_and_server_both_send_it() {
 
     let listed = forward_list(dir);
     for d in listed.values() {
-        assert_eq!(
-            (
-                d["delivered"].as_u64(),
-                d["pending"].as_u64(),
-                d["parked"].as_u64()
-            ),
-            (Some(16), Some(0), Some(0))
-        );
+        assert_eq!(outbox_counts(d), (16, 0, 0));
     }
 }
 
@@ -749,14 +748,7 @@ fn parked_events_show_in_list_and_metrics_and_retry_replays_them() {
     assert_eq!(graph.hits().len(), 1, "Meta's code 190 is not retried");
 
     let listed = forward_list(dir);
-    let counts = |id: u64| {
-        let d = &listed[&id];
-        (
-            d["delivered"].as_u64().unwrap(),
-            d["pending"].as_u64().unwrap(),
-            d["parked"].as_u64().unwrap(),
-        )
-    };
+    let counts = |id: u64| outbox_counts(&listed[&id]);
     assert_eq!(
         (counts(a), counts(b), counts(c)),
         ((0, 0, 1), (0, 0, 3), (0, 0, 3))
@@ -826,14 +818,7 @@ fn parked_events_show_in_list_and_metrics_and_retry_replays_them() {
         (3, 6, 2)
     );
     let listed = forward_list(dir);
-    let counts = |id: u64| {
-        let d = &listed[&id];
-        (
-            d["delivered"].as_u64().unwrap(),
-            d["pending"].as_u64().unwrap(),
-            d["parked"].as_u64().unwrap(),
-        )
-    };
+    let counts = |id: u64| outbox_counts(&listed[&id]);
     assert_eq!(
         (counts(a), counts(b), counts(c)),
         ((1, 0, 0), (3, 0, 0), (3, 0, 0))
@@ -1014,13 +999,7 @@ fn meta_refusing_a_batch_for_one_bad_event_parks_only_that_event() {
     delivered.sort();
     assert_eq!(delivered, ["m1", "m2", "m3", "m4"], "each good event once");
     let listed = forward_list(app.dir.path());
-    assert_eq!(
-        (
-            listed[&id]["delivered"].as_u64(),
-            listed[&id]["parked"].as_u64()
-        ),
-        (Some(4), Some(1))
-    );
+    assert_eq!(outbox_counts(&listed[&id]), (4, 0, 1));
     let parked = app.query("SELECT last_error FROM outbox WHERE state = 'parked'");
     assert!(
         parked[0][0].as_str().unwrap().contains("Invalid parameter"),
