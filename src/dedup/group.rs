@@ -41,6 +41,10 @@ pub struct Decision {
     pub replaces_kept: bool,
     /// Property keys this copy set on the kept row.
     pub filled: Object,
+    /// The copy's match keys as they would be stored, normalized and
+    /// SHA-256 hashed (test mode answers only; live answers leave it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<serde_json::Value>,
 }
 
 /// The two outcomes a live answer counts.
@@ -199,6 +203,7 @@ impl Group {
                 kept_source: kept,
                 replaces_kept: false,
                 filled: Object::new(),
+                user_data: None,
             });
             let row = dropped(
                 site,
@@ -244,6 +249,7 @@ impl Group {
             kept_source: source,
             replaces_kept: false,
             filled: Object::new(),
+            user_data: None,
         });
         self.decisions.len() - 1
     }
@@ -273,6 +279,7 @@ impl Group {
             kept_source: row.event.source,
             replaces_kept: false,
             filled: Object::new(),
+            user_data: None,
         };
         let resolution = Resolution::of(site.settings.policy, row.event.source, now, source, now);
         if resolution == Resolution::Replace {
@@ -341,6 +348,7 @@ impl Group {
             kept_source: entry.kept(),
             replaces_kept: false,
             filled: Object::new(),
+            user_data: None,
         });
         let decision = self.decisions.len() - 1;
         let t = *self.touch_of.entry(addr).or_insert_with(|| {

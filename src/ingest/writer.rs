@@ -246,15 +246,28 @@ impl Writer {
     fn answer_test(&self, job: Job) {
         let now_micros = self.clock.now_micros();
         let (reply, copies) = job.split();
+        // What each copy's match keys become once stored (SPEC §5).
+        let user_data: Vec<Option<serde_json::Value>> = copies
+            .copies
+            .iter()
+            .map(|c| {
+                let text = c.event.user_data.as_deref()?;
+                serde_json::from_str(text).ok()
+            })
+            .collect();
         let answer = (|| {
             let mut group = Group::new(now_micros);
             let range = decide_job(&self.conn, &self.index, &mut group, copies)?;
             resolve_touches(&self.conn, &mut group, now_micros, |_| Ok(()))?;
             let (accepted, deduplicated) = group.counts(range.clone());
+            let mut decisions = group.decisions[range].to_vec();
+            for (d, u) in decisions.iter_mut().zip(user_data) {
+                d.user_data = u;
+            }
             Ok::<_, crate::store::StoreError>(Outcome {
                 accepted,
                 deduplicated,
-                decisions: Some(group.decisions[range].to_vec()),
+                decisions: Some(decisions),
             })
         })();
         let _ = reply.send(answer.map_err(|e| IngestError::Store(e.to_string())));

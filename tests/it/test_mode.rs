@@ -75,6 +75,8 @@ fn test_mode_answers_what_live_would_and_changes_nothing() {
         stored[0][0],
         json!(tally::domain::personal::hash_email("jane@example.com"))
     );
+    assert_eq!(per_event[2]["user_data"]["em"], stored[0][0]);
+    assert!(per_event[0].get("user_data").is_none(), "none was sent");
 }
 
 #[test]
