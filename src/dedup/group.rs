@@ -426,7 +426,10 @@ impl Touch {
             if replace == Resolution::Replace {
                 return true;
             }
-            if p.copy.carries_content() && self.entry.merges() < MAX_MERGES {
+            // Past the merge limit only an authenticated copy can still
+            // change the row (it overwrites a pixel's values).
+            let may_change = self.entry.merges() < MAX_MERGES || p.copy.event.is_authenticated();
+            if p.copy.carries_content() && may_change {
                 if print != Some(p.copy.fingerprint) {
                     return true;
                 }

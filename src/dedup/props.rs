@@ -15,6 +15,10 @@
 //! nothing, and after [`MAX_MERGES`] folds that changed the row, later
 //! copies are recorded but change nothing — so a holder of the public site
 //! key cannot grow one row, or the cost of merging into it, without bound.
+//! Trust comes before both bounds: past them an authenticated copy still
+//! overwrites the keys that hold a pixel's value, and where that would pass
+//! the size limit, keys that only a pixel vouched for are dropped to make
+//! room (largest first).
 
 use crate::domain::event::MAX_PROPERTIES_BYTES;
 use crate::domain::personal::MAX_USER_DATA_BYTES;
@@ -73,9 +77,21 @@ impl PropState {
     /// set (added, or overwrote as the authenticated value), with their
     /// values; empty when it changed nothing.
     pub fn fold(&mut self, c: Incoming<'_>, merge: bool) -> Object {
-        if self.merges >= MAX_MERGES {
-            return Object::new();
+        if self.merges < MAX_MERGES {
+            if let Some(filled) = self.try_fold(c, merge) {
+                return filled;
+            }
         }
+        if c.authenticated {
+            self.overwrite_pixel_values(c)
+        } else {
+            Object::new()
+        }
+    }
+
+    /// [`PropState::fold`] within the bounds: `None`, and nothing changed,
+    /// when the result would not fit.
+    fn try_fold(&mut self, c: Incoming<'_>, merge: bool) -> Option<Object> {
         let mut next = self.clone();
         let mut filled = Object::new();
         for (k, v) in c.props.into_iter().flatten() {
@@ -97,13 +113,59 @@ impl PropState {
         }
         let user_changed = merge && fill_user_data(&mut next.user_data, c.user_data);
         if !next.fits() {
-            return Object::new();
+            return None;
         }
         if !filled.is_empty() || user_changed {
             next.merges += 1;
         }
         *self = next;
+        Some(filled)
+    }
+
+    /// An authenticated copy past the bounds: its values replace a pixel's
+    /// on the keys both carry, nothing is added, and keys only a pixel
+    /// vouched for make room if needed. Returns the keys it set.
+    fn overwrite_pixel_values(&mut self, c: Incoming<'_>) -> Object {
+        let mut next = self.clone();
+        let mut filled = Object::new();
+        for (k, v) in c.props.into_iter().flatten() {
+            if next.pixel_keys.remove(k) && next.props.get(k) != Some(v) {
+                next.props.insert(k.clone(), v.clone());
+                filled.insert(k.clone(), v.clone());
+            }
+        }
+        if !next.shrink_to_fit() {
+            return Object::new();
+        }
+        if !filled.is_empty() {
+            next.merges = next.merges.saturating_add(1);
+        }
+        *self = next;
         filled
+    }
+
+    /// Drops keys only a pixel vouched for, largest value first, until the
+    /// row fits; whether it does.
+    fn shrink_to_fit(&mut self) -> bool {
+        let mut unvouched: Vec<(usize, String)> = self
+            .pixel_keys
+            .iter()
+            .map(|k| {
+                (
+                    self.props.get(k).map_or(0, |v| v.to_string().len()),
+                    k.clone(),
+                )
+            })
+            .collect();
+        unvouched.sort();
+        while !self.fits() {
+            let Some((_, k)) = unvouched.pop() else {
+                return false;
+            };
+            self.props.remove(&k);
+            self.pixel_keys.remove(&k);
+        }
+        true
     }
 
     /// Makes `c` the kept copy (`prefer_pixel`), the old kept content
@@ -134,13 +196,15 @@ impl PropState {
         if merge {
             fill_user_data(&mut self.user_data, Some(&old.user_data));
         }
-        if !self.fits() {
-            // The merged row would be too large: the new kept copy alone.
+        if !self.shrink_to_fit() {
+            // Too large even with only vouched-for keys: the new kept copy
+            // alone.
             let merges = self.merges;
             *self = PropState::of_kept(c);
             self.merges = merges;
             return Object::new();
         }
+        kept_from_old.retain(|k, _| self.props.contains_key(k));
         kept_from_old
     }
 
@@ -307,6 +371,52 @@ mod tests {
             s.fold(copy(&obj(json!({ format!("k{i}"): i })), false), true);
         }
         assert_eq!(s.props.len(), usize::from(MAX_MERGES));
+    }
+
+    #[test]
+    fn past_the_merge_limit_a_server_value_still_beats_a_pixels() {
+        let mut s = PropState::of_kept(copy(&obj(json!({"total": 1})), false));
+        for i in 0..usize::from(MAX_MERGES) + 3 {
+            s.fold(copy(&obj(json!({ format!("k{i}"): 1 })), false), true);
+        }
+        assert_eq!(s.merges, MAX_MERGES);
+        let filled = s.fold(
+            copy(&obj(json!({"total": 999, "currency": "USD"})), true),
+            true,
+        );
+        assert_eq!(
+            filled,
+            obj(json!({"total": 999})),
+            "no key added past the limit"
+        );
+        assert_eq!(s.props["total"], json!(999));
+        assert!(!s.pixel_keys.contains("total"));
+        // A pixel copy cannot take it back.
+        s.fold(copy(&obj(json!({"total": 1})), false), true);
+        assert_eq!(s.props["total"], json!(999));
+    }
+
+    #[test]
+    fn a_server_value_that_would_pass_the_size_limit_pushes_pixel_keys_out() {
+        let kept = obj(json!({"a": "x".repeat(15_000), "b": "short"}));
+        let mut s = PropState::of_kept(copy(&kept, false));
+        let server = obj(json!({"b": "y".repeat(20_000), "c": "z"}));
+        let filled = s.fold(copy(&server, true), true);
+        assert_eq!(filled, obj(json!({"b": "y".repeat(20_000)})));
+        assert_eq!(
+            s.props,
+            obj(json!({"b": "y".repeat(20_000)})),
+            "a made room"
+        );
+        assert!(s.props_text().unwrap().len() <= MAX_PROPERTIES_BYTES);
+    }
+
+    #[test]
+    fn a_large_pixel_copy_replacing_the_servers_keeps_the_servers_values() {
+        let mut s = PropState::of_kept(copy(&obj(json!({"total": 199.99})), true));
+        let pixel = obj(json!({"total": 0.01, "junk": "x".repeat(MAX_PROPERTIES_BYTES - 20)}));
+        s.replace(copy(&pixel, false), true);
+        assert_eq!(s.props, obj(json!({"total": 199.99})));
     }
 
     #[test]

@@ -363,6 +363,45 @@ fn finding_6_a_forged_pixel_copy_cannot_override_the_server() {
     assert_eq!(app.pixel(zero, ORIGIN).status(), 400);
 }
 
+/// The reviewer's follow-up to finding 6: after the merge limit, pixel
+/// copies cannot pin a forged value against the server's.
+#[test]
+fn finding_6_past_the_merge_limit_the_server_still_wins() {
+    let app = spawn_app();
+    let pixel = |extra: Value| {
+        let mut props = json!({"order_id": "900", "total": 1});
+        props
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let body = json!({"site": app.site_key, "event_id": "ord_900",
+                          "event_name": "order.completed", "properties": props});
+        assert_eq!(app.pixel(body, ORIGIN).status(), 204);
+    };
+    pixel(json!({}));
+    for i in 0..14 {
+        pixel(json!({ format!("k{i}"): 1 }));
+    }
+    assert_eq!(
+        app.count("SELECT merges FROM events WHERE event_id = 'ord_900'"),
+        i64::from(tally::dedup::props::MAX_MERGES)
+    );
+    let answer = app.send(json!([{"event_id": "ord_900", "event_name": "order.completed",
+                                  "properties": {"order_id": "900", "total": 999, "currency": "USD"}}]));
+    assert_eq!(answer["deduplicated"], 1);
+    let row = || {
+        app.query("SELECT properties->>'total', properties->>'currency' FROM events WHERE event_id = 'ord_900'")
+    };
+    assert_eq!(
+        row(),
+        vec![vec![json!("999"), json!(null)]],
+        "overwritten, nothing added"
+    );
+    // A later pixel copy cannot take it back.
+    pixel(json!({"total": 2}));
+    assert_eq!(row(), vec![vec![json!("999"), json!(null)]]);
+}
+
 #[test]
 fn finding_7_a_new_password_ends_every_session() {
     let app = spawn_app();
