@@ -4,7 +4,9 @@
 //! The writer records each group of new events in the outbox in the same
 //! transaction as the events (see [`crate::store::outbox`]), so a committed
 //! event is never lost to forwarding and a dropped copy is never forwarded.
-//! [`run`] drains the outbox: per destination it expands recorded groups
+//! [`run`] drains the outbox, each destination on its own task with one
+//! page in flight (a slow receiver holds up no other): per destination it
+//! expands recorded groups
 //! into per-event rows when it has nothing due, reads due rows in pages,
 //! sends them (a webhook POST per event, a Conversions API request per
 //! 1,000), and marks them delivered.
@@ -30,6 +32,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 /// How often the sender looks for due rows when it has nothing to do.
 const POLL: Duration = Duration::from_millis(250);
@@ -197,16 +200,68 @@ impl Stats {
 }
 
 /// One destination's place in line: when it may try again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Line {
     failures: u32,
+    /// Backing off until then.
     not_before: Option<Instant>,
+    /// Rows pending but not due: look again then.
+    poll_at: Option<Instant>,
+    /// Look at it on the next pass.
+    ready: bool,
+    /// A page of it is in flight.
+    sending: bool,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            failures: 0,
+            not_before: None,
+            poll_at: None,
+            ready: true,
+            sending: false,
+        }
+    }
+}
+
+impl Line {
+    /// Something may have changed (a commit, a timer): look again.
+    fn wake(&mut self) {
+        self.ready = true;
+        self.poll_at = None;
+    }
+
+    /// Takes in what a page of destination `id` came to.
+    fn settle(&mut self, id: u32, result: crate::store::Result<PageResult>) {
+        match result {
+            Ok(PageResult::Idle) => {}
+            Ok(PageResult::Waiting) => self.poll_at = Some(Instant::now() + POLL),
+            Ok(PageResult::Sent) => {
+                self.failures = 0;
+                self.not_before = None;
+                self.ready = true;
+            }
+            Ok(PageResult::Failed { retry_after }) => {
+                self.failures += 1;
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff_secs(self.failures - 1, rand::random::<f64>()));
+                self.not_before = Some(Instant::now() + Duration::from_secs(wait));
+                self.ready = true;
+            }
+            Err(e) => {
+                tracing::warn!(destination = id, error = %e, "forwarding could not read the outbox");
+                self.not_before = Some(Instant::now() + Duration::from_secs(5));
+                self.ready = true;
+            }
+        }
+    }
 }
 
 /// Drains the outbox until the task is dropped.
 pub async fn run(app: Arc<App>) {
     match Sender::new(app) {
-        Ok(sender) => sender.run().await,
+        Ok(sender) => Arc::new(sender).run().await,
         Err(e) => tracing::error!(error = %e, "forwarding cannot start; nothing is forwarded"),
     }
 }
@@ -255,8 +310,13 @@ impl Sender {
             })?
     }
 
-    async fn run(self) {
+    /// Sends for every destination independently: each has at most one
+    /// page in flight, on its own task, so a receiver that is slow or
+    /// timing out delays only its own events and its own backoff.
+    async fn run(self: Arc<Self>) {
         let mut lines: HashMap<u32, Line> = HashMap::new();
+        let mut in_flight: JoinSet<(u32, crate::store::Result<PageResult>)> = JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, u32> = HashMap::new();
         let mut housekeeping = Instant::now();
         loop {
             if Instant::now() >= housekeeping {
@@ -267,49 +327,62 @@ impl Sender {
                 }
             }
             for id in self.app.destinations.take_requeued() {
-                lines.remove(&id);
+                let line = lines.entry(id).or_default();
+                *line = Line {
+                    sending: line.sending,
+                    ..Line::default()
+                };
             }
-            let mut busy = false;
-            // When to look again if nothing is sent: at housekeeping, or
-            // sooner for rows due later and for backoffs that end.
+            // When to look again: at housekeeping, or sooner for rows due
+            // later and for backoffs that end.
             let mut next = housekeeping;
             for d in self.app.destinations.all().iter() {
                 let line = lines.entry(d.id).or_default();
+                if line.sending {
+                    continue;
+                }
                 if let Some(t) = line.not_before.filter(|t| Instant::now() < *t) {
                     next = next.min(t);
                     continue;
                 }
-                match self.send_page(d).await {
-                    Ok(PageResult::Idle) => {}
-                    Ok(PageResult::Waiting) => next = next.min(Instant::now() + POLL),
-                    Ok(PageResult::Sent) => {
-                        busy = true;
-                        *line = Line::default();
-                    }
-                    Ok(PageResult::Failed { retry_after }) => {
-                        line.failures += 1;
-                        let wait = retry_after.unwrap_or_else(|| {
-                            backoff_secs(line.failures - 1, rand::random::<f64>())
-                        });
-                        line.not_before = Some(Instant::now() + Duration::from_secs(wait));
-                    }
-                    Err(e) => {
-                        tracing::warn!(destination = d.id, error = %e, "forwarding could not read the outbox");
-                        line.not_before = Some(Instant::now() + Duration::from_secs(5));
-                    }
+                if !line.ready {
+                    continue;
                 }
-                if let Some(t) = line.not_before {
+                line.ready = false;
+                line.sending = true;
+                let (sender, dest, id) = (self.clone(), d.clone(), d.id);
+                let task = in_flight.spawn(async move { (id, sender.send_page(&dest).await) });
+                tasks.insert(task.id(), id);
+            }
+            for line in lines.values() {
+                if let Some(t) = line.poll_at {
                     next = next.min(t);
                 }
-            }
-            if busy {
-                continue;
             }
             // Idle destinations cost nothing: new rows come from the
             // writer, which wakes the sender after each commit with some.
             tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
-                _ = self.app.destinations.wake.notified() => tokio::time::sleep(GATHER).await,
+                Some(done) = in_flight.join_next_with_id() => {
+                    let (id, result) = match done {
+                        Ok((task, (id, result))) => {
+                            tasks.remove(&task);
+                            (id, result)
+                        }
+                        Err(e) => {
+                            let id = tasks.remove(&e.id()).unwrap_or_default();
+                            let err = crate::store::StoreError::Invalid(format!("forwarding's send task: {e}"));
+                            (id, Err(err))
+                        }
+                    };
+                    let line = lines.entry(id).or_default();
+                    line.sending = false;
+                    line.settle(id, result);
+                }
+                _ = tokio::time::sleep_until(next.into()) => lines.values_mut().for_each(Line::wake),
+                _ = self.app.destinations.wake.notified() => {
+                    tokio::time::sleep(GATHER).await;
+                    lines.values_mut().for_each(Line::wake);
+                }
             }
         }
     }

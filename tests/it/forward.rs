@@ -526,6 +526,59 @@ fn a_429_retry_after_is_honoured() {
 }
 
 #[test]
+fn a_slow_receiver_does_not_hold_up_another_destination() {
+    let app = spawn_app();
+    // Answers after 4 s (inside the 10 s request timeout).
+    let slow = Receiver::start(|_, _| {
+        std::thread::sleep(Duration::from_secs(4));
+        status(200)
+    });
+    let fast = Receiver::webhook();
+    forward_add(
+        app.dir.path(),
+        &[
+            "--webhook",
+            &slow.url,
+            "--secret",
+            SECRET,
+            "--events",
+            "slow.event",
+        ],
+    );
+    forward_add(
+        app.dir.path(),
+        &[
+            "--webhook",
+            &fast.url,
+            "--secret",
+            SECRET,
+            "--events",
+            "fast.event",
+        ],
+    );
+    app.send(json!([{"event_id": "s1", "event_name": "slow.event"}]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.hits().is_empty() {
+        assert!(Instant::now() < deadline, "the slow request never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(slow.hits()[0].status, 0, "still unanswered");
+    let sent = Instant::now();
+    app.send(json!([{"event_id": "f1", "event_name": "fast.event"}]));
+    let got = fast.wait("the fast destination's event", |h| h.len() == 1);
+    assert_eq!(got[0].event_id(), "f1");
+    assert!(
+        got[0].at.duration_since(sent) < Duration::from_millis(2_500),
+        "waited {:?} behind the slow receiver",
+        got[0].at.duration_since(sent)
+    );
+    assert_eq!(
+        slow.wait("the slow answer", |h| h.len() == 1)[0].event_id(),
+        "s1"
+    );
+}
+
+#[test]
 fn a_kill_9_while_deliveries_are_in_flight_loses_nothing_and_repeats_with_the_same_key() {
     let dir = tempfile::tempdir().unwrap();
     let token = add_site(dir.path())["api_token"]
