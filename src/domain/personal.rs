@@ -25,12 +25,18 @@ enum Treatment {
 /// Meta's normalization per key, before hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Normalize {
-    /// Trimmed and lower-cased (email, names, gender, city, state, country).
+    /// Trimmed and lower-cased (email, names, gender).
     Lower,
     /// Digits only (phone, date of birth).
     Digits,
-    /// Lower-cased without spaces or dashes (postal code).
+    /// Lower-cased, spaces removed, cut at the first dash (postal code:
+    /// `12345-6789` is `12345`).
     Postal,
+    /// Lower-cased without digits, spaces, periods, dashes or parentheses
+    /// (city, state).
+    Location,
+    /// Lower-cased letters a–z only (a two-letter country code).
+    Letters,
     /// Trimmed only (external ids).
     Trim,
 }
@@ -55,14 +61,14 @@ const MATCH_KEYS: &[(&[&str], &str, Treatment)] = &[
         "db",
         Treatment::Hash(Normalize::Digits),
     ),
-    (&["ct", "city"], "ct", Treatment::Hash(Normalize::Lower)),
-    (&["st", "state"], "st", Treatment::Hash(Normalize::Lower)),
+    (&["ct", "city"], "ct", Treatment::Hash(Normalize::Location)),
+    (&["st", "state"], "st", Treatment::Hash(Normalize::Location)),
     (
         &["zp", "zip", "postal_code"],
         "zp",
         Treatment::Hash(Normalize::Postal),
     ),
-    (&["country"], "country", Treatment::Hash(Normalize::Lower)),
+    (&["country"], "country", Treatment::Hash(Normalize::Letters)),
     (
         &["external_id"],
         "external_id",
@@ -193,21 +199,26 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-/// SHA-256 (lower-case hex) of the normalized text; a text that already is
-/// 64 hex characters is a hash and is kept as sent.
+/// SHA-256 (lower-case hex) of the normalized text, the way Meta's own
+/// SDK normalizes each key; a text that already is 64 hex characters
+/// (around any spaces) is a hash and is kept, trimmed.
 fn hash_text(text: &str, n: Normalize) -> String {
-    if is_sha256_hex(text) {
-        return text.to_owned();
+    if is_sha256_hex(text.trim()) {
+        return text.trim().to_owned();
     }
-    let normalized = match n {
-        Normalize::Lower => text.trim().to_lowercase(),
+    let lower = || text.trim().to_lowercase();
+    let normalized: String = match n {
+        Normalize::Lower => lower(),
         Normalize::Digits => text.chars().filter(char::is_ascii_digit).collect(),
-        Normalize::Postal => text
-            .trim()
-            .to_lowercase()
+        Normalize::Postal => {
+            let compact: String = lower().chars().filter(|c| !c.is_whitespace()).collect();
+            compact.split('-').next().unwrap_or_default().to_owned()
+        }
+        Normalize::Location => lower()
             .chars()
-            .filter(|c| !c.is_whitespace() && *c != '-')
+            .filter(|c| !c.is_ascii_digit() && !c.is_whitespace() && !".-()".contains(*c))
             .collect(),
+        Normalize::Letters => lower().chars().filter(char::is_ascii_lowercase).collect(),
         Normalize::Trim => text.trim().to_owned(),
     };
     hex::encode(Sha256::digest(normalized.as_bytes()))
@@ -255,6 +266,24 @@ mod tests {
         let out = hash_user_data(json!({"em": [h.clone(), "A@B.c"]}).as_object().unwrap()).unwrap();
         assert_eq!(out["em"], json!([h, sha("a@b.c")]));
         assert_eq!(hash_phone(&"A".repeat(64)), "A".repeat(64));
+    }
+
+    #[test]
+    fn places_and_countries_are_normalized_as_metas_sdk_does() {
+        let input = json!({"ct": " New York ", "st": "N.Y.", "zp": "12345-6789",
+                           "country": " U.S. ", "em": format!("  {}  ", sha("a@b.c"))});
+        let out = hash_user_data(input.as_object().unwrap()).unwrap();
+        assert_eq!(out["ct"], json!(sha("newyork")));
+        assert_eq!(out["st"], json!(sha("ny")));
+        assert_eq!(out["zp"], json!(sha("12345")));
+        assert_eq!(out["country"], json!(sha("us")));
+        assert_eq!(
+            out["em"],
+            json!(sha("a@b.c")),
+            "a padded hash is kept, trimmed"
+        );
+        let uk = hash_user_data(json!({"zp": " SW1A 1AA"}).as_object().unwrap()).unwrap();
+        assert_eq!(uk["zp"], json!(sha("sw1a1aa")));
     }
 
     #[test]
