@@ -228,19 +228,24 @@ pub enum ForwardCommand {
         #[arg(long, value_name = "URL")]
         webhook: Option<String>,
         /// The webhook signing secret [default: a new random one, printed once].
-        #[arg(long, requires = "webhook")]
+        #[arg(long, requires = "webhook", conflicts_with = "meta")]
         secret: Option<String>,
         /// Send to Meta's Conversions API for this pixel (dataset) id.
         #[arg(long, value_name = "PIXEL_ID", requires = "token")]
         meta: Option<String>,
         /// The Conversions API access token.
-        #[arg(long, requires = "meta")]
+        #[arg(long, requires = "meta", conflicts_with = "webhook")]
         token: Option<String>,
         /// Graph API base URL (a proxy, or a test server).
         #[arg(long, value_name = "URL", requires = "meta", default_value = crate::domain::forward::META_GRAPH_URL)]
         graph_url: String,
         /// Meta's test event code: events show in Events Manager's Test Events only.
-        #[arg(long, value_name = "CODE", requires = "meta")]
+        #[arg(
+            long,
+            value_name = "CODE",
+            requires = "meta",
+            conflicts_with = "webhook"
+        )]
         test_event_code: Option<String>,
         /// Event names to forward [default: every event but page.view].
         #[arg(long, value_name = "NAME", num_args = 1..)]

@@ -52,6 +52,14 @@ pub struct Listed {
 
 /// Adds a destination; answers it whole, with its secret (shown once).
 pub fn add(app: &App, new: NewDestination) -> Result<Destination, ControlError> {
+    if new.max_attempts == Some(0) {
+        return Err(ControlError("--max-attempts must be at least 1".into()));
+    }
+    if new.max_age_secs.is_some_and(|s| s < MIN_MAX_AGE_SECS) {
+        return Err(ControlError(
+            "--max-age must be at least 1m: a receiver gets a minute of retries".into(),
+        ));
+    }
     let site = app.site(&new.site)?;
     let target = match new.target {
         Target::Webhook { url, secret } => {
@@ -90,14 +98,17 @@ pub fn add(app: &App, new: NewDestination) -> Result<Destination, ControlError> 
         events: (!new.events.is_empty()).then_some(new.events),
         settle_secs: new.settle_secs,
         rename: new.rename,
-        max_attempts: new.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1),
-        max_age_secs: new.max_age_secs.unwrap_or(DEFAULT_MAX_AGE_SECS).max(60),
+        max_attempts: new.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        max_age_secs: new.max_age_secs.unwrap_or(DEFAULT_MAX_AGE_SECS),
     };
     let conn = app.store.connect()?;
     let added = outbox::add_destination(&conn, destination, app.clock.now_micros())?;
     app.destinations.replace(outbox::destinations(&conn)?);
     Ok(added)
 }
+
+/// The shortest `--max-age`.
+const MIN_MAX_AGE_SECS: u32 = 60;
 
 fn check_url(url: &str, flag: &str) -> Result<(), ControlError> {
     if url.starts_with("http://") || url.starts_with("https://") {

@@ -1059,3 +1059,38 @@ fn meta_refusing_a_batch_for_one_bad_event_parks_only_that_event() {
         "{parked:?}"
     );
 }
+
+#[test]
+fn forward_add_refuses_options_it_would_not_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let hook = "http://127.0.0.1:9/hook";
+    for (args, says) in [
+        (
+            vec!["--webhook", hook, "--max-age", "5s"],
+            "--max-age must be at least 1m",
+        ),
+        (
+            vec!["--webhook", hook, "--max-attempts", "0"],
+            "--max-attempts must be at least 1",
+        ),
+        (
+            vec!["--webhook", hook, "--token", "T"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--meta", "PX", "--token", "T", "--secret", "S"],
+            "cannot be used with",
+        ),
+    ] {
+        let all: Vec<&str> = ["forward", "add", "shop"]
+            .into_iter()
+            .chain(args.clone())
+            .collect();
+        let out = tally(dir.path(), &all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(forward_list(dir.path()).is_empty(), "nothing was added");
+}
