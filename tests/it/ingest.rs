@@ -142,6 +142,15 @@ fn the_daily_quota_answers_429_with_retry_after() {
         .unwrap();
     assert!(retry > 0 && retry <= 86_400);
     assert_eq!(res.json::<Value>().unwrap()["error"], "quota_exceeded");
+    // Test mode answers what live traffic would.
+    let test = app
+        .client
+        .post(format!("{}/v1/events?test=1", app.base))
+        .bearer_auth(&app.token)
+        .json(&json!({"events": [event("d", "n")]}))
+        .send()
+        .unwrap();
+    assert_eq!(test.status(), 429);
     app.clock.advance_secs(86_400);
     assert_eq!(app.send(json!([event("d", "n")]))["accepted"], 1);
 }
