@@ -61,9 +61,10 @@ pub struct Period {
 pub struct InvalidPeriod(pub String);
 
 impl Period {
-    /// A period from the dashboard's `range` parameter: `24h` (the 24 hours
-    /// before `now`), `7d` and `30d` (that many whole local days ending
-    /// today, the default being `7d`), or `custom` with `from` and `to`, each a
+    /// A period from the dashboard's `range` parameter: `today` (the local
+    /// day, midnight to midnight), `24h` (the 24 hours before `now`), `7d`
+    /// and `30d` (that many whole local days ending today, the default being
+    /// `7d`), or `custom` with `from` and `to`, each a
     /// local day (`YYYY-MM-DD`, `to` inclusive) or an RFC 3339 instant.
     pub fn parse(
         range: Option<&str>,
@@ -74,6 +75,7 @@ impl Period {
     ) -> Result<Period, InvalidPeriod> {
         let bad = |m: &str| InvalidPeriod(m.to_owned());
         match range.unwrap_or("7d") {
+            "today" => Ok(Period::last_days(1, now, tz)),
             "24h" => Ok(Period::new(now - DAY, now + 1, tz)),
             "7d" => Ok(Period::last_days(7, now, tz)),
             "30d" => Ok(Period::last_days(30, now, tz)),
@@ -89,7 +91,7 @@ impl Period {
                 }
                 Ok(Period::new(from, to, tz))
             }
-            _ => Err(bad("range must be 24h, 7d, 30d or custom")),
+            _ => Err(bad("range must be today, 24h, 7d, 30d or custom")),
         }
     }
 
@@ -295,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn today_is_the_local_day_in_hours_dst_included() {
+        // 2026-11-01 in Los Angeles has 25 hours (clocks go back at 02:00).
+        let now = at("2026-11-01T23:30:00-08:00");
+        let p = Period::parse(Some("today"), None, None, now, LA).unwrap();
+        assert_eq!(p.from, at("2026-11-01T00:00:00-07:00"));
+        assert_eq!(p.to, at("2026-11-02T00:00:00-08:00"));
+        assert_eq!(p.bucket, Bucket::Hour);
+        assert_eq!(p.buckets(Bucket::Hour).len(), 25);
+    }
+
+    #[test]
     fn custom_days_are_local_and_to_is_inclusive() {
         let p = Period::parse(
             Some("custom"),
@@ -328,7 +341,7 @@ mod tests {
     #[test]
     fn bad_ranges_say_what_is_accepted() {
         let p = |r, f, t| Period::parse(Some(r), f, t, 0, LA).unwrap_err().0;
-        assert!(p("1y", None, None).contains("24h, 7d, 30d or custom"));
+        assert!(p("1y", None, None).contains("today, 24h, 7d, 30d or custom"));
         assert!(p("custom", None, Some("2026-01-01")).contains("needs from"));
         assert!(p("custom", Some("yesterday"), Some("2026-01-01")).contains("from must"));
         assert!(p("custom", Some("2026-01-02"), Some("2026-01-01")).contains("after from"));
