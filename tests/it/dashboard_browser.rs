@@ -334,7 +334,7 @@ fn a_los_angeles_site_shows_late_evening_on_its_local_day_across_dst() {
     b.goto(&format!("{}/?site=shop&range=1y", app.base));
     eventually("the refusal", || {
         b.text("#view-error")
-            .contains("range must be 24h, 7d, 30d or custom")
+            .contains("range must be today, 24h, 7d, 30d or custom")
     });
 }
 
