@@ -128,7 +128,7 @@ pub fn hash_user_data(input: &Map<String, Value>) -> Result<Map<String, Value>, 
             Treatment::Hash(n) => hash_value(key, value, *n)?,
         };
         if let Some(v) = stored_value {
-            out.insert((*stored).to_owned(), v);
+            add_value(&mut out, stored, v);
         }
     }
     Ok(out)
@@ -152,6 +152,32 @@ pub fn has_personal_properties(props: &Map<String, Value>) -> bool {
     HASHED_PROPERTIES
         .iter()
         .any(|(k, _)| props.contains_key(*k))
+}
+
+/// Stores `v` under `key`; a key sent twice (`email` and `em`) keeps both
+/// values, as a list without repeats.
+fn add_value(out: &mut Map<String, Value>, key: &str, v: Value) {
+    let Some(old) = out.remove(key) else {
+        out.insert(key.to_owned(), v);
+        return;
+    };
+    let mut all: Vec<Value> = Vec::new();
+    for item in [old, v] {
+        match item {
+            Value::Array(items) => all.extend(items),
+            one => all.push(one),
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    all.retain(|v| seen.insert(v.to_string()));
+    out.insert(
+        key.to_owned(),
+        if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Value::Array(all)
+        },
+    );
 }
 
 fn keep(key: &str, value: &Value) -> Result<Option<Value>, InvalidUserData> {
@@ -284,6 +310,15 @@ mod tests {
         );
         let uk = hash_user_data(json!({"zp": " SW1A 1AA"}).as_object().unwrap()).unwrap();
         assert_eq!(uk["zp"], json!(sha("sw1a1aa")));
+    }
+
+    #[test]
+    fn a_key_sent_under_both_names_keeps_both_values() {
+        let input = json!({"email": "A@B.com", "em": "X@Y.com", "phone": "1", "ph": "1"});
+        let out = hash_user_data(input.as_object().unwrap()).unwrap();
+        // In key order: `em` before `email`.
+        assert_eq!(out["em"], json!([sha("x@y.com"), sha("a@b.com")]));
+        assert_eq!(out["ph"], json!(sha("1")), "the same value once");
     }
 
     #[test]
