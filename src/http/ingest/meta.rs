@@ -257,7 +257,10 @@ pub fn to_event(element: &Value) -> Result<Event, EventError> {
     let occurred_at = match object.get("event_time") {
         None | Some(Value::Null) => None,
         Some(t) => Some(unix_seconds(t).ok_or_else(|| {
-            EventError::new("invalid_occurred_at", "event_time must be Unix seconds")
+            EventError::new(
+                "invalid_occurred_at",
+                "event_time must be Unix seconds in the years 1970 to 9999 (not milliseconds)",
+            )
         })?),
     };
     let properties = match object.get("custom_data") {
@@ -290,6 +293,10 @@ fn unix_seconds(v: &Value) -> Option<Value> {
         Value::String(s) => s.trim().parse::<i64>().ok()?,
         _ => return None,
     };
+    // 9999-12-31T23:59:59Z: a time in milliseconds lands past it.
+    if !(0..=253_402_300_799).contains(&secs) {
+        return None;
+    }
     let t = chrono::DateTime::from_timestamp(secs, 0)?;
     Some(Value::String(
         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -357,6 +364,10 @@ mod tests {
                 "invalid_occurred_at",
             ),
             (
+                json!({"event_name": "P", "event_time": 1_795_600_000_000_i64}),
+                "invalid_occurred_at",
+            ),
+            (
                 json!({"event_name": "P", "user_data": {"street": "x"}}),
                 "invalid_user_data",
             ),
@@ -365,6 +376,8 @@ mod tests {
         ] {
             assert_eq!(to_event(&v).unwrap_err().code, code, "{v}");
         }
+        let ms = to_event(&json!({"event_name": "P", "event_time": 1_795_600_000_000_i64}));
+        assert!(ms.unwrap_err().message.contains("not milliseconds"));
     }
 
     #[actix_web::test]
