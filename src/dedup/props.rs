@@ -196,6 +196,10 @@ impl PropState {
         if merge {
             fill_user_data(&mut self.user_data, Some(&old.user_data));
         }
+        if json_len(&self.user_data) > MAX_USER_DATA_BYTES {
+            // Together too large: the row keeps the match keys it had.
+            self.user_data = old.user_data.clone();
+        }
         if !self.shrink_to_fit() {
             // Too large even with only vouched-for keys: the new kept copy
             // alone.
@@ -417,6 +421,32 @@ mod tests {
         let pixel = obj(json!({"total": 0.01, "junk": "x".repeat(MAX_PROPERTIES_BYTES - 20)}));
         s.replace(copy(&pixel, false), true);
         assert_eq!(s.props, obj(json!({"total": 199.99})));
+    }
+
+    #[test]
+    fn a_pixel_copy_with_large_user_data_replacing_the_servers_keeps_the_servers_values() {
+        let server_ud = obj(json!({"ph": "a".repeat(64)}));
+        let mut s = PropState::of_kept(Incoming {
+            props: Some(&obj(json!({"total": 199.99}))),
+            user_data: Some(&server_ud),
+            authenticated: true,
+        });
+        let many: Vec<String> = (0..122).map(|i| format!("{i:064x}")).collect();
+        let pixel_ud = obj(json!({ "em": many }));
+        assert!(json_len(&pixel_ud) <= MAX_USER_DATA_BYTES, "fits alone");
+        let mut both = pixel_ud.clone();
+        fill_user_data(&mut both, Some(&server_ud));
+        assert!(json_len(&both) > MAX_USER_DATA_BYTES, "not together");
+        s.replace(
+            Incoming {
+                props: Some(&obj(json!({"total": 0.01}))),
+                user_data: Some(&pixel_ud),
+                authenticated: false,
+            },
+            true,
+        );
+        assert_eq!(s.props["total"], json!(199.99));
+        assert_eq!(s.user_data, server_ud);
     }
 
     #[test]

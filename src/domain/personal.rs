@@ -141,8 +141,8 @@ pub fn hash_personal_properties(props: &mut Map<String, Value>) {
     for (key, normalize) in HASHED_PROPERTIES {
         if let Some(v) = props.get_mut(*key) {
             *v = scalar_text(v)
-                .map(|t| Value::String(hash_text(&t, *normalize)))
-                .unwrap_or(Value::Null);
+                .and_then(|t| hash_text(&t, *normalize))
+                .map_or(Value::Null, Value::String);
         }
     }
 }
@@ -200,7 +200,7 @@ fn hash_value(key: &str, value: &Value, n: Normalize) -> Result<Option<Value>, I
                         "user_data.{key} must be a string or a list of strings"
                     ))
                 })?;
-                Ok((!text.trim().is_empty()).then(|| hash_text(&text, n)))
+                Ok(hash_text(&text, n))
             }
         }
     };
@@ -227,10 +227,11 @@ fn scalar_text(v: &Value) -> Option<String> {
 
 /// SHA-256 (lower-case hex) of the normalized text, the way Meta's own
 /// SDK normalizes each key; a text that already is 64 hex characters
-/// (around any spaces) is a hash and is kept, trimmed.
-fn hash_text(text: &str, n: Normalize) -> String {
+/// (around any spaces) is a hash and is kept, trimmed. `None` when nothing
+/// is left once normalized (a hash of "" would match nobody).
+fn hash_text(text: &str, n: Normalize) -> Option<String> {
     if is_sha256_hex(text.trim()) {
-        return text.trim().to_owned();
+        return Some(text.trim().to_owned());
     }
     let lower = || text.trim().to_lowercase();
     let normalized: String = match n {
@@ -247,7 +248,7 @@ fn hash_text(text: &str, n: Normalize) -> String {
         Normalize::Letters => lower().chars().filter(char::is_ascii_lowercase).collect(),
         Normalize::Trim => text.trim().to_owned(),
     };
-    hex::encode(Sha256::digest(normalized.as_bytes()))
+    (!normalized.is_empty()).then(|| hex::encode(Sha256::digest(normalized.as_bytes())))
 }
 
 /// Whether `s` is exactly 64 hexadecimal characters.
@@ -257,12 +258,12 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 /// The normalization of an email (for callers outside this module, e.g. tests).
 pub fn hash_email(email: &str) -> String {
-    hash_text(email, Normalize::Lower)
+    hash_text(email, Normalize::Lower).unwrap_or_default()
 }
 
 /// The normalization of a phone number.
 pub fn hash_phone(phone: &str) -> String {
-    hash_text(phone, Normalize::Digits)
+    hash_text(phone, Normalize::Digits).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -310,6 +311,11 @@ mod tests {
         );
         let uk = hash_user_data(json!({"zp": " SW1A 1AA"}).as_object().unwrap()).unwrap();
         assert_eq!(uk["zp"], json!(sha("sw1a1aa")));
+        // Nothing left once normalized: no key, not the hash of "".
+        let none = json!({"country": "日本", "ct": "12345", "ph": "n/a"});
+        assert!(hash_user_data(none.as_object().unwrap())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -364,6 +364,9 @@ pub fn existing_keys(
         for k in keys {
             wanted.append_row([k.low()])?;
         }
+        // Explicitly: a flush error on drop would be lost, and a key
+        // missing here would count its line as new.
+        wanted.flush()?;
     }
     let wanted: std::collections::HashSet<KeyHash> = keys.iter().copied().collect();
     let mut stmt = conn.prepare_cached(
