@@ -9,6 +9,7 @@
     scripts/bench.py import     [--lines 1000000]              # tally import (server stopped), 30 % already stored; twice
     scripts/bench.py resend     [--events 200000]              # duplicates/s of re-sent copies before vs right after a restart
     scripts/bench.py pixel      [--seconds 15] [--runs 5]      # /v1/pixel under wrk, beside the bare actix ceiling; RSS
+    scripts/bench.py attack     [--seconds 15] [--runs 3]      # ingest while pixel copies of one event pile 12 KB properties on it
     scripts/bench.py keys       [--seconds 15] [--runs 3]      # ingest without vs with a secondary key; index bytes a key
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
@@ -321,6 +322,52 @@ def bench_pixel(a):
     print(f"median req/s: ceiling {c:,.0f}; tally {t:,.0f} = {t / c:.0%}")
 
 
+def bench_attack(a):
+    """The ingest load with and without an attacker who knows the public
+    site key: 4 connections sending pixel copies of one order, each with a
+    new 12 KB property (the hardening review's finding 1), alternating runs."""
+    import threading, http.client, random
+
+    def attacker(host, site_key, stop, sent):
+        conn = http.client.HTTPConnection(host)
+        while not stop.is_set():
+            body = json.dumps({"site": site_key, "event_id": "ord_attacked", "event_name": "order.completed",
+                               "properties": {f"k{random.getrandbits(48)}": "x" * 12_000}})
+            conn.request("POST", "/v1/pixel", body, {"Content-Type": "text/plain", "Origin": "https://shop.example.com"})
+            res = conn.getresponse(); res.read()
+            sent[0] += 1
+
+    rates = {"no attack": [], "under attack": []}
+    for run in range(a.runs):
+        for case in rates:
+            d = tempfile.mkdtemp()
+            out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
+                                  "--data-dir", d], check=True, capture_output=True, text=True).stdout
+            site = json.loads(out)
+            proc, base = serve(d)
+            wait_healthy(base)
+            time.sleep(1)
+            stop, sent, threads = threading.Event(), [0], []
+            if case == "under attack":
+                threads = [threading.Thread(target=attacker, args=(base.removeprefix("http://"), site["site_key"], stop, sent))
+                           for _ in range(4)]
+                for t in threads:
+                    t.start()
+                time.sleep(2)
+            rate, line = loadgen_rate(base, site["api_token"], a.seconds, a.threads)
+            stop.set()
+            for t in threads:
+                t.join()
+            rates[case].append(rate)
+            print(f"run {run + 1} {case:13s} {line.splitlines()[0]}" + (f"; {sent[0]:,} attack copies" if threads else ""),
+                  flush=True)
+            proc.terminate(); proc.wait()
+            end_check(d, line) if case == "no attack" else None
+            shutil.rmtree(d)
+    for case, r in rates.items():
+        print(f"median events/s {case}: {statistics.median(r):,.0f}")
+
+
 def bench_forward(a):
     """Ingest throughput without destinations, and with one webhook whose
     port refuses connections."""
@@ -421,11 +468,12 @@ def main():
     rs = sub.add_parser("resend"); rs.add_argument("--events", type=int, default=200_000)
     px = sub.add_parser("pixel"); px.add_argument("--seconds", type=int, default=15); px.add_argument("--runs", type=int, default=5)
     px.add_argument("--connections", type=int, default=256)
+    at = sub.add_parser("attack"); at.add_argument("--seconds", type=int, default=15); at.add_argument("--threads", type=int, default=4); at.add_argument("--runs", type=int, default=3)
     k = sub.add_parser("keys"); k.add_argument("--seconds", type=int, default=15); k.add_argument("--threads", type=int, default=4); k.add_argument("--runs", type=int, default=3)
     dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
     dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel}[a.cmd](a)
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel, "attack": bench_attack}[a.cmd](a)
 
 
 if __name__ == "__main__":
