@@ -599,18 +599,11 @@ fn a_kill_9_while_deliveries_are_in_flight_loses_nothing_and_repeats_with_the_sa
     });
     // Added with the server stopped: the CLI opens the file itself.
     forward_add(dir.path(), &["--webhook", &hook.url, "--secret", SECRET]);
-    let client = reqwest::blocking::Client::new();
     let post = |base: &str, ids: std::ops::Range<usize>| {
         let events: Vec<Value> = ids
             .map(|i| order(&format!("k{i}"), json!({"i": i})))
             .collect();
-        let res = client
-            .post(format!("{base}/v1/events"))
-            .bearer_auth(&token)
-            .json(&json!({ "events": events }))
-            .send()
-            .unwrap();
-        assert_eq!(res.status(), 200);
+        post_events_to(base, &token, events);
     };
 
     let server = ServerProcess::start(dir.path());

@@ -191,6 +191,19 @@ impl Drop for TestApp {
     }
 }
 
+/// POSTs `events` to `/v1/events` of the server at `base` with `token`;
+/// the answer, asserting 200 (for servers run as processes).
+pub fn post_events_to(base: &str, token: &str, events: Vec<Value>) -> Value {
+    let res = Client::new()
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(token)
+        .json(&json!({ "events": events }))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().unwrap()
+}
+
 /// A server event with the given id and name.
 pub fn event(id: &str, name: &str) -> Value {
     json!({"event_id": id, "event_name": name, "source": "server"})

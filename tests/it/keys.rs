@@ -312,17 +312,9 @@ fn secondary_keys_hold_across_a_kill_9_between_the_copies() {
     let listed = tally_ok(dir.path(), &["site", "list"]);
     assert!(listed.contains("order.completed=order_id"), "{listed}");
     let post = |base: &str, id: &str, source: &str| -> Value {
-        reqwest::blocking::Client::new()
-            .post(format!("{base}/v1/events"))
-            .bearer_auth(&token)
-            .json(
-                &json!({"events": [{"event_id": id, "event_name": "order.completed",
-                                       "source": source, "properties": {"order_id": 42}}]}),
-            )
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
+        let copy = json!({"event_id": id, "event_name": "order.completed",
+                          "source": source, "properties": {"order_id": 42}});
+        post_events_to(base, &token, vec![copy])
     };
     let server = ServerProcess::start(dir.path());
     assert_eq!(post(&server.base, "evt_pixel_1", "pixel")["accepted"], 1);

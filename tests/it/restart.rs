@@ -9,17 +9,7 @@ fn acknowledged_events_survive_sigkill_and_stay_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
     let site = add_site(dir.path());
     let token = site["api_token"].as_str().unwrap().to_owned();
-    let client = reqwest::blocking::Client::new();
-    let post = |base: &str, events: Vec<Value>| -> Value {
-        let res = client
-            .post(format!("{base}/v1/events"))
-            .bearer_auth(&token)
-            .json(&json!({ "events": events }))
-            .send()
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        res.json().unwrap()
-    };
+    let post = |base: &str, events: Vec<Value>| post_events_to(base, &token, events);
     let batch = |round: usize| -> Vec<Value> {
         (0..200)
             .map(|i| event(&format!("r{round}_{i}"), "order.completed"))
