@@ -33,10 +33,19 @@ pub fn destinations(conn: &Connection) -> Result<Vec<Destination>> {
 /// Stores a new destination under the next free id; returns it with its id.
 pub fn add_destination(conn: &Connection, mut d: Destination, now: i64) -> Result<Destination> {
     super::transaction(conn, |c| {
+        // Ids are never given again, even after the highest is removed:
+        // metrics series and scripts name destinations by id.
         d.id = c.query_row(
-            "SELECT coalesce(max(dest_id), 0) + 1 FROM destinations",
-            [],
+            "SELECT coalesce(max(id), 0) + 1 FROM ( \
+               SELECT max(dest_id) AS id FROM destinations \
+               UNION ALL SELECT TRY_CAST(value AS INTEGER) FROM settings WHERE key = ?)",
+            [LAST_DESTINATION_KEY],
             |r| r.get(0),
+        )?;
+        c.execute("DELETE FROM settings WHERE key = ?", [LAST_DESTINATION_KEY])?;
+        c.execute(
+            "INSERT INTO settings VALUES (?, ?)",
+            params![LAST_DESTINATION_KEY, d.id.to_string()],
         )?;
         let config = serde_json::to_string(&d).map_err(|e| StoreError::Invalid(e.to_string()))?;
         c.execute(
@@ -46,6 +55,9 @@ pub fn add_destination(conn: &Connection, mut d: Destination, now: i64) -> Resul
         Ok::<_, StoreError>(d)
     })
 }
+
+/// The `settings` key of the highest destination id ever given.
+const LAST_DESTINATION_KEY: &str = "last_destination_id";
 
 /// Deletes a destination and its outbox rows; whether it existed.
 pub fn remove_destination(conn: &Connection, id: u32) -> Result<bool> {

@@ -1087,3 +1087,14 @@ fn forward_add_refuses_options_it_would_not_honour() {
     }
     assert!(forward_list(dir.path()).is_empty(), "nothing was added");
 }
+
+#[test]
+fn a_removed_destinations_id_is_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    add_site(dir.path());
+    let add = || forward_add(dir.path(), &["--webhook", "http://127.0.0.1:9/hook"]);
+    let (first, second) = (add(), add());
+    tally_ok(dir.path(), &["forward", "remove", &second.to_string()]);
+    let third = add();
+    assert!(third > second, "{first} {second} {third}");
+}
