@@ -559,24 +559,20 @@ fn print_inspection(v: &Value, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
     for e in &found.events {
-        let key = e
-            .secondary_key
-            .as_ref()
-            .map(|k| format!(", secondary key {}={}", k.property, k.value))
-            .unwrap_or_default();
+        let mut about = vec![format!("window from {}", e.window_start)];
+        if e.opened == "after_window" {
+            about.push("a new window after the last one closed".into());
+        }
+        if let Some(k) = &e.secondary_key {
+            about.push(format!("secondary key {}={}", k.property, k.value));
+        }
+        about.push(format!("sources seen: {}", e.sources_seen.join(", ")));
         writeln!(
             out,
-            "{} {} (window from {}{}; {}; sources seen: {})",
+            "{} {} ({})",
             e.event_name,
             e.event_id,
-            e.window_start,
-            if e.opened == "after_window" {
-                ", a new window after the last one closed"
-            } else {
-                ""
-            },
-            key.trim_start_matches(", "),
-            e.sources_seen.join(", ")
+            about.join("; ")
         )?;
         for c in &e.copies {
             print_copy(c, out)?;
@@ -623,7 +619,7 @@ fn print_near_misses(v: &Value, out: &mut dyn Write) -> Result<()> {
         report.events_checked
     )?;
     for k in report.kinds.iter().filter(|k| k.count > 0) {
-        writeln!(out, "{:?}: {} pairs", k.kind, k.count)?;
+        writeln!(out, "{} pairs of {}:", k.count, k.kind.label())?;
         for p in &k.examples {
             writeln!(
                 out,

@@ -36,6 +36,15 @@ pub enum Kind {
 
 impl Kind {
     const ALL: [Kind; 3] = [Kind::CaseOrSpace, Kind::PrefixOrSuffix, Kind::EventName];
+
+    /// What the kind means, for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::CaseOrSpace => "ids that differ only by case or surrounding space",
+            Kind::PrefixOrSuffix => "ids that differ by a prefix or suffix",
+            Kind::EventName => "event names that differ only by case or separator",
+        }
+    }
 }
 
 /// One near-miss pair.
