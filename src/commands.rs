@@ -610,16 +610,26 @@ fn print_copy(c: &crate::store::inspect::CopySeen, out: &mut dyn Write) -> Resul
     Ok(())
 }
 
+/// "pair" or "pairs".
+fn pairs(n: usize) -> &'static str {
+    if n == 1 {
+        "pair"
+    } else {
+        "pairs"
+    }
+}
+
 fn print_near_misses(v: &Value, out: &mut dyn Write) -> Result<()> {
     let report: crate::domain::near_miss::Report = serde_json::from_value(v.clone())?;
     let total: usize = report.kinds.iter().map(|k| k.count).sum();
     writeln!(
         out,
-        "{total} near-miss pairs among {} events in the window.",
+        "{total} near-miss {} among {} events in the window.",
+        pairs(total),
         report.events_checked
     )?;
     for k in report.kinds.iter().filter(|k| k.count > 0) {
-        writeln!(out, "{} pairs of {}:", k.count, k.kind.label())?;
+        writeln!(out, "{} {} of {}:", k.count, pairs(k.count), k.kind.label())?;
         for p in &k.examples {
             writeln!(
                 out,
