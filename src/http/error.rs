@@ -146,6 +146,13 @@ impl From<IngestError> for ApiError {
     }
 }
 
+/// A blocking task that panicked or was cancelled.
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

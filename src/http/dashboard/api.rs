@@ -59,9 +59,7 @@ pub async fn login(
         ApiError::bad_request("invalid_body", format!("expected {{\"password\": …}}: {e}"))
     })?;
     let attempt = auth.begin(client_ip(&req, &app.config.trusted_proxies))?;
-    let (cookie, csrf) = web::block(move || auth.login(&app, attempt, &password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (cookie, csrf) = web::block(move || auth.login(&app, attempt, &password)).await??;
     Ok(HttpResponse::Ok()
         .cookie(cookie)
         .json(json!({ "csrf": csrf })))
@@ -140,8 +138,7 @@ pub async fn lookup(
         let conn = app.store.connect()?;
         crate::store::inspect::lookup(&conn, &site, &q.event_id, q.name.as_deref())
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await??;
     Ok(HttpResponse::Ok().json(found))
 }
 
@@ -166,8 +163,7 @@ pub async fn near_misses(
     let report = web::block(move || {
         crate::store::stats::near_misses(&app.store.connect()?, &site.name, since)
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await??;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -182,8 +178,7 @@ pub async fn forwards(
     auth.require(&req)?;
     let site = q.site(&app)?;
     let listed = web::block(move || crate::control::forward::list(&app, Some(&site.name)))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({ "destinations": listed })))
 }

@@ -99,8 +99,7 @@ async fn card<T: serde::Serialize + Send + 'static>(
         let conn = app.store.connect()?;
         f(&conn, &scope, &site, now)
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await??;
     Ok(HttpResponse::Ok().json(answer))
 }
 
