@@ -21,7 +21,8 @@
 //!   and counters together; [`server`] runs it; [`commands`] is the CLI.
 //! - [`forward`]: the outbox sender that delivers each unique event to the
 //!   site's webhooks and Meta's Conversions API once.
-//! - [`retention`]: the background task that deletes events past a site's
+//! - [`retention`]: deletes events past a site's retention.
+//! - [`upkeep`]: the background task that advances the rollups and runs
 //!   retention.
 //!
 //! A request to `/v1/events` goes: `http::ingest` parses and authenticates →
@@ -46,3 +47,4 @@ pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod upkeep;

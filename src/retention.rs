@@ -1,20 +1,17 @@
-//! Retention: a site set to `--retain 400d` keeps 400 days of events. A
-//! background task deletes older events and dropped copies once an hour, on
-//! its own connection, so ingest never waits for it.
+//! Retention: a site set to `--retain 400d` keeps 400 days of events. The
+//! upkeep task ([`crate::upkeep`]) deletes older events and dropped copies
+//! once an hour, on its own connection, so ingest never waits for it.
 //!
 //! An event is deleted when it happened before the cutoff *and* its dedup
 //! window has closed: a backfilled old event stays until its window ends, so
 //! the writer never updates a row that retention is deleting, and the two
-//! never conflict.
+//! never conflict. The cutoff is rounded down to a 15-minute slot, so that
+//! the rollups lose whole slots with the rows they count.
 
 use crate::app::App;
-use crate::store::{self, timestamp, Result};
+use crate::domain::period::SLOT;
+use crate::store::{self, rollup, timestamp, Result};
 use duckdb::params;
-use std::sync::Arc;
-use std::time::Duration;
-
-/// How often retention runs.
-pub const EVERY: Duration = Duration::from_secs(3600);
 
 /// What one pass deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -27,6 +24,7 @@ pub struct Deleted {
 
 /// Deletes, for every site with a retention, what is past it.
 pub fn run_once(app: &App) -> Result<Deleted> {
+    let _upkeep = crate::upkeep::lock();
     let now = app.clock.now_micros();
     let conn = app.store.connect()?;
     let mut total = Deleted::default();
@@ -34,7 +32,7 @@ pub fn run_once(app: &App) -> Result<Deleted> {
         let Some(days) = site.settings.retain_days else {
             continue;
         };
-        let cutoff = now - i64::from(days) * 86_400_000_000;
+        let cutoff = (now - i64::from(days) * 86_400_000_000).div_euclid(SLOT) * SLOT;
         let window_closed = now - i64::from(site.settings.window_secs) * 1_000_000;
         let (events, duplicates) = store::transaction(&conn, |c| {
             let events = c.execute(
@@ -45,7 +43,8 @@ pub fn run_once(app: &App) -> Result<Deleted> {
                 "DELETE FROM duplicates WHERE site = ? AND received_at < ?",
                 params![site.name, timestamp(cutoff)],
             )?;
-            Ok::<_, duckdb::Error>((events as u64, duplicates as u64))
+            rollup::trim(c, &site.name, cutoff)?;
+            Ok::<_, store::StoreError>((events as u64, duplicates as u64))
         })?;
         if events + duplicates > 0 {
             tracing::info!(site = %site.name, events, duplicates, days, "retention deleted old rows");
@@ -54,18 +53,4 @@ pub fn run_once(app: &App) -> Result<Deleted> {
         total.duplicates += duplicates;
     }
     Ok(total)
-}
-
-/// Runs [`run_once`] every [`EVERY`], off the async threads, until dropped.
-pub async fn run_forever(app: Arc<App>) {
-    let mut tick = tokio::time::interval(EVERY);
-    loop {
-        tick.tick().await;
-        let app = app.clone();
-        match tokio::task::spawn_blocking(move || run_once(&app)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed; retrying in an hour"),
-            Err(e) => tracing::warn!(error = %e, "retention pass panicked"),
-        }
-    }
 }

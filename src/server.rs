@@ -25,13 +25,13 @@ pub async fn run(
     let socket = control::socket::bind(&socket_path)
         .with_context(|| format!("cannot bind the control socket {}", socket_path.display()))?;
     let control_task = tokio::spawn(control::socket::serve(socket, app.clone()));
-    let retention_task = tokio::spawn(crate::retention::run_forever(app.clone()));
+    let upkeep_task = tokio::spawn(crate::upkeep::run_forever(app.clone()));
     let forward_task = tokio::spawn(crate::forward::run(app.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "tally is serving");
     let served = crate::http::serve(app.clone(), listener, shutdown).await;
     control_task.abort();
-    retention_task.abort();
+    upkeep_task.abort();
     forward_task.abort();
     let _ = std::fs::remove_file(&socket_path);
     let closing = app.clone();

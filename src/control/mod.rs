@@ -157,6 +157,7 @@ pub fn execute_with_progress(
         }
         Request::Sql { query, write } => {
             let conn = app.store.connect()?;
+            let _upkeep = write.then(crate::upkeep::lock);
             let table = store::sql::run(&conn, &query, write)?;
             if write {
                 // A hand-written change to `sites` takes effect at once.

@@ -5,7 +5,7 @@
 
 use super::stats::{add4, u, Scope};
 use super::{timestamp, Result};
-use crate::domain::period::{Bucket, SLOT};
+use crate::domain::period::Bucket;
 use duckdb::types::Value;
 use duckdb::{params_from_iter, Connection};
 use serde::Serialize;
@@ -131,39 +131,51 @@ pub struct DayCoverage {
 /// Event names listed by [`coverage`] at most.
 pub const COVERAGE_NAMES: u32 = 50;
 
-/// Names a server copy ever used, page views aside: the conversions.
-const CONVERSIONS: &str = "SELECT DISTINCT event_name FROM events \
-     WHERE site = ? AND seen_server AND event_name <> 'page.view'";
+/// Names a server copy ever used, page views aside: the conversions. The
+/// rollup holds the names of sealed events, the rest arrived after its
+/// horizon.
+const CONVERSIONS: &str = "SELECT event_name FROM rollup_events \
+     WHERE site = $1 AND seen & 2 <> 0 AND event_name <> 'page.view' AND $2 > 0 \
+     UNION SELECT event_name FROM events \
+     WHERE site = $1 AND seen_server AND event_name <> 'page.view' AND received_at >= make_timestamp($2)";
 
 /// Per conversion event name (any name a server copy ever used, page views
 /// excluded): unique events in the period and how many the pixel, the
 /// server and both saw, with a per-day trend. Names without events in the
 /// period are listed with zeros.
 pub fn coverage(conn: &Connection, scope: &Scope) -> Result<Vec<Coverage>> {
-    let site = Value::Text(scope.site.clone());
+    let horizon = scope.horizon(conn)?;
     let (name_filter, name_param) = match &scope.filter.event {
-        Some(e) => (" AND event_name = ?", Some(Value::Text(e.clone()))),
+        Some(e) => (" WHERE event_name = $3", Some(Value::Text(e.clone()))),
         None => ("", None),
     };
-    let sql = format!("{CONVERSIONS}{name_filter} ORDER BY 1 LIMIT {COVERAGE_NAMES}");
+    let sql = format!(
+        "SELECT DISTINCT event_name FROM ({CONVERSIONS}){name_filter} ORDER BY 1 LIMIT {COVERAGE_NAMES}"
+    );
+    let params = [Value::Text(scope.site.clone()), Value::BigInt(horizon)];
     let names: Vec<String> = conn
         .prepare_cached(&sql)?
         .query_map(
-            params_from_iter([site.clone()].into_iter().chain(name_param)),
+            params_from_iter(params.into_iter().chain(name_param)),
             |r| r.get(0),
         )?
         .collect::<duckdb::Result<_>>()?;
-    let w = scope.events();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let w = super::rollup::event_cells(scope, horizon, false);
+    let listed = vec!["?"; names.len()].join(", ");
     let sql = format!(
-        "SELECT event_name, epoch_us(occurred_at) // {SLOT} * {SLOT}, count(*), \
-         sum(seen_pixel::INTEGER)::BIGINT, sum(seen_server::INTEGER)::BIGINT, \
-         sum((seen_pixel AND seen_server)::INTEGER)::BIGINT \
-         FROM events WHERE {} AND event_name IN ({CONVERSIONS}) GROUP BY 1, 2",
+        "SELECT event_name, slot, sum(n)::BIGINT, \
+         sum(n * (seen & 1 <> 0)::INTEGER)::BIGINT, sum(n * (seen & 2 <> 0)::INTEGER)::BIGINT, \
+         sum(n * (seen & 3 = 3)::INTEGER)::BIGINT \
+         FROM ({}) WHERE event_name IN ({listed}) GROUP BY 1, 2",
         w.sql
     );
     let mut slots: BTreeMap<String, Vec<(i64, [u64; 4])>> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(w.params.into_iter().chain([site])))?;
+    let names_params = names.iter().map(|n| Value::Text(n.clone()));
+    let mut rows = stmt.query(params_from_iter(w.params.into_iter().chain(names_params)))?;
     while let Some(r) = rows.next()? {
         let counts = [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?].map(u);
         slots

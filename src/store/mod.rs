@@ -12,6 +12,7 @@ pub mod export;
 pub mod guard;
 pub mod inspect;
 pub mod outbox;
+pub mod rollup;
 pub mod salts;
 pub mod schema;
 pub mod settings;

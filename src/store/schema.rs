@@ -142,6 +142,44 @@ pub const MIGRATIONS: &[&str] = &[
         events      INTEGER   NOT NULL
     );
     ",
+    // 5: rollups (`store::rollup`): counts of sealed events — events whose
+    // dedup window closed, so no copy can change them again — per 15-minute
+    // UTC slot, kept beside the raw rows so that the dashboard reads a few
+    // thousand rows instead of every event. `rollup_state.horizon` is how
+    // far they reach: every event or dropped copy of the site that arrived
+    // before it is counted, none after. `slot` is the slot's UTC start: of
+    // `occurred_at` for events, of `received_at` for dropped copies. `seen`
+    // is the mask of sources seen (1 pixel, 2 server, 4 import).
+    "
+    CREATE TABLE rollup_state (
+        site        VARCHAR   NOT NULL,
+        horizon     TIMESTAMP NOT NULL,
+        window_secs INTEGER   NOT NULL
+    );
+    CREATE TABLE rollup_events (
+        site       VARCHAR   NOT NULL,
+        slot       TIMESTAMP NOT NULL,
+        event_name VARCHAR   NOT NULL,
+        seen       UTINYINT  NOT NULL,
+        n          BIGINT    NOT NULL
+    );
+    CREATE TABLE rollup_pages (
+        site       VARCHAR   NOT NULL,
+        slot       TIMESTAMP NOT NULL,
+        event_name VARCHAR   NOT NULL,
+        seen       UTINYINT  NOT NULL,
+        url        VARCHAR,
+        referrer   VARCHAR,
+        n          BIGINT    NOT NULL
+    );
+    CREATE TABLE rollup_dropped (
+        site       VARCHAR   NOT NULL,
+        slot       TIMESTAMP NOT NULL,
+        event_name VARCHAR   NOT NULL,
+        source     VARCHAR   NOT NULL,
+        n          BIGINT    NOT NULL
+    );
+    ",
 ];
 
 /// Brings the schema up to the newest version.

@@ -30,6 +30,14 @@ pub fn run(conn: &Connection, query: &str, write: bool) -> Result<Table> {
     };
     conn.execute_batch(begin)?;
     let result = run_statement(conn, query);
+    if write && result.is_ok() {
+        // The statement may have changed rows the rollups count: they are
+        // counted again from the rows as they now are.
+        if let Err(e) = super::rollup::clear(conn, None) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
     let end = if write && result.is_ok() {
         "COMMIT"
     } else {

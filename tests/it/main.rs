@@ -22,5 +22,6 @@ mod ops;
 mod pixel;
 mod pixel_browser;
 mod restart;
+mod rollup;
 mod sdk;
 mod test_mode;

@@ -79,11 +79,14 @@ impl CardQuery {
             site: site.name.clone(),
             period,
             filter: self.filter()?,
+            window_secs: site.settings.window_secs,
         })
     }
 }
 
-/// Runs a card's queries for a logged-in request on a blocking thread.
+/// Runs a card's queries for a logged-in request on a blocking thread, in
+/// one read transaction: the rollups and their horizon are read as of one
+/// moment, whatever the upkeep task commits meanwhile.
 async fn card<T: serde::Serialize + Send + 'static>(
     app: web::Data<App>,
     auth: &Auth,
@@ -97,7 +100,7 @@ async fn card<T: serde::Serialize + Send + 'static>(
     let scope = q.scope(&site, now)?;
     let answer = web::block(move || {
         let conn = app.store.connect()?;
-        f(&conn, &scope, &site, now)
+        crate::store::transaction(&conn, |c| f(c, &scope, &site, now))
     })
     .await??;
     Ok(HttpResponse::Ok().json(answer))
