@@ -43,7 +43,7 @@ pub fn run_once(app: &App) -> Result<Deleted> {
                 "DELETE FROM duplicates WHERE site = ? AND received_at < ?",
                 params![site.name, timestamp(cutoff)],
             )?;
-            rollup::trim(c, &site.name, cutoff)?;
+            rollup::trim(c, &site.name, cutoff, window_closed)?;
             Ok::<_, store::StoreError>((events as u64, duplicates as u64))
         })?;
         if events + duplicates > 0 {

@@ -25,17 +25,21 @@ pub async fn run(
     let socket = control::socket::bind(&socket_path)
         .with_context(|| format!("cannot bind the control socket {}", socket_path.display()))?;
     let control_task = tokio::spawn(control::socket::serve(socket, app.clone()));
-    let upkeep_task = tokio::spawn(crate::upkeep::run_forever(app.clone()));
+    let upkeep =
+        crate::upkeep::Upkeep::start(app.clone()).context("cannot start the upkeep thread")?;
     let forward_task = tokio::spawn(crate::forward::run(app.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "tally is serving");
     let served = crate::http::serve(app.clone(), listener, shutdown).await;
     control_task.abort();
-    upkeep_task.abort();
     forward_task.abort();
     let _ = std::fs::remove_file(&socket_path);
     let closing = app.clone();
-    tokio::task::spawn_blocking(move || closing.shutdown()).await?;
+    tokio::task::spawn_blocking(move || {
+        upkeep.stop();
+        closing.shutdown()
+    })
+    .await?;
     tracing::info!("tally stopped cleanly");
     served.context("the HTTP server failed")
 }

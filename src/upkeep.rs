@@ -1,6 +1,6 @@
-//! The background upkeep, on one connection so its writes never conflict
-//! with each other: rollups advanced every minute ([`roll_up`]), retention
-//! every hour ([`crate::retention`]). Both run off the async threads.
+//! The background upkeep, on its own thread so its writes never conflict
+//! with each other and never wait on the async threads: rollups advanced
+//! every minute ([`roll_up`]), retention every hour ([`crate::retention`]).
 
 use crate::app::App;
 use crate::store::{rollup, Result};
@@ -28,10 +28,10 @@ pub fn roll_up(app: &App) -> Result<()> {
     let _upkeep = lock();
     let conn = app.store.connect()?;
     for site in app.sites.all() {
-        let window = site.settings.window_secs;
+        let rules = rollup::Rules::of(&site.settings);
         loop {
             let now = app.clock.now_micros();
-            match rollup::advance(&conn, &site.name, window, now)? {
+            match rollup::advance(&conn, &site.name, &rules, now)? {
                 rollup::Advance::CaughtUp => break,
                 rollup::Advance::Partway(to) => tracing::info!(
                     site = %site.name,
@@ -44,36 +44,45 @@ pub fn roll_up(app: &App) -> Result<()> {
     Ok(())
 }
 
-/// Runs the upkeep until dropped: rollups first (so the dashboard is fast
-/// soon after a start), retention at the first tick and every hour after.
-pub async fn run_forever(app: Arc<App>) {
-    let mut tick = tokio::time::interval(TICK);
+/// The upkeep thread: rollups first (so the dashboard is fast soon after
+/// a start), retention at the first tick and every hour after.
+pub struct Upkeep {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Upkeep {
+    /// Starts the thread.
+    pub fn start(app: Arc<App>) -> std::io::Result<Upkeep> {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tally-upkeep".into())
+            .spawn(move || run(&app, &stopped))?;
+        Ok(Upkeep { stop, thread })
+    }
+
+    /// Stops the thread after the pass in progress, if any.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn run(app: &App, stopped: &std::sync::mpsc::Receiver<()>) {
     let mut ticks = 0u32;
     loop {
-        tick.tick().await;
-        let retain = ticks % RETENTION_TICKS == 0;
-        ticks = ticks.wrapping_add(1);
-        let app = app.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let rolled = roll_up(&app);
-            let retained = if retain {
-                crate::retention::run_once(&app).map(|_| ())
-            } else {
-                Ok(())
-            };
-            (rolled, retained)
-        })
-        .await;
-        match pass {
-            Ok((rolled, retained)) => {
-                if let Err(e) = rolled {
-                    tracing::warn!(error = %e, "rollup pass failed; retrying in a minute");
-                }
-                if let Err(e) = retained {
-                    tracing::warn!(error = %e, "retention pass failed; retrying in an hour");
-                }
+        if let Err(e) = roll_up(app) {
+            tracing::warn!(error = %e, "rollup pass failed; retrying in a minute");
+        }
+        if ticks % RETENTION_TICKS == 0 {
+            if let Err(e) = crate::retention::run_once(app) {
+                tracing::warn!(error = %e, "retention pass failed; retrying in an hour");
             }
-            Err(e) => tracing::warn!(error = %e, "upkeep pass panicked"),
+        }
+        ticks = ticks.wrapping_add(1);
+        match stopped.recv_timeout(TICK) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
     }
 }

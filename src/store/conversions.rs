@@ -3,8 +3,9 @@
 //! conversion the pixel and the server saw, and funnels by session. Each
 //! card is one or two queries over [`Scope`].
 
+use super::rollup::{self, Grain};
 use super::stats::{add4, u, Scope};
-use super::{timestamp, Result};
+use super::Result;
 use crate::domain::period::Bucket;
 use duckdb::types::Value;
 use duckdb::{params_from_iter, Connection};
@@ -29,7 +30,7 @@ pub struct Revenue {
 }
 
 /// The JSON path of a top-level property, quoted.
-fn json_path(property: &str) -> String {
+pub(crate) fn json_path(property: &str) -> String {
     format!(
         "$.\"{}\"",
         property.replace('\\', "\\\\").replace('"', "\\\"")
@@ -40,44 +41,31 @@ fn json_path(property: &str) -> String {
 /// that holds a number or a numeric string; currency from `currency`),
 /// beside the revenue of the copies dedup dropped. Sums are `DECIMAL`s,
 /// never floats.
-pub fn revenue(conn: &Connection, scope: &Scope, properties: &[&str]) -> Result<Vec<Revenue>> {
-    let amount =
-        vec!["TRY_CAST(json_extract_string(properties, ?) AS DECIMAL(18,4))"; properties.len()]
-            .join(", ");
-    let w = scope.events();
+pub fn revenue(conn: &Connection, scope: &Scope) -> Result<Vec<Revenue>> {
+    let horizon = scope.horizon(conn)?;
+    let properties = &scope.rules.revenue;
+    let w = rollup::event_cells(scope, horizon, Grain::Revenue(properties));
     let sql = format!(
-        "WITH r AS (SELECT coalesce({amount}) AS amount, \
-           CASE WHEN json_type(properties, '$.currency') = 'VARCHAR' \
-                THEN nullif(upper(trim(json_extract_string(properties, '$.currency'))), '') END AS currency \
-           FROM events WHERE {}) \
-         SELECT currency, sum(amount)::DECIMAL(38,4)::VARCHAR, count(*) FROM r \
+        "SELECT currency, sum(amount)::DECIMAL(38,4)::VARCHAR, sum(n)::BIGINT FROM ({}) \
          WHERE amount IS NOT NULL GROUP BY 1",
         w.sql
     );
-    let params = properties
-        .iter()
-        .map(|p| Value::Text(json_path(p)))
-        .chain(w.params);
     let mut out: BTreeMap<Option<String>, Revenue> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(params))?;
+    let mut rows = stmt.query(params_from_iter(w.params))?;
     while let Some(r) = rows.next()? {
         let entry = out.entry(r.get(0)?).or_default();
         entry.revenue = r.get(1)?;
         entry.events = u(r.get(2)?);
     }
-    let d = scope.dropped();
+    let d = rollup::dropped_cells(scope, horizon);
     let sql = format!(
-        "SELECT currency, sum(revenue)::DECIMAL(38,4)::VARCHAR, count(*) FROM duplicates \
-         WHERE {} AND revenue IS NOT NULL AND received_at >= ? AND received_at < ? GROUP BY 1",
+        "SELECT currency, sum(revenue)::DECIMAL(38,4)::VARCHAR, sum(revenue_copies)::BIGINT \
+         FROM ({}) WHERE revenue_copies > 0 GROUP BY 1",
         d.sql
     );
-    let params = d
-        .params
-        .into_iter()
-        .chain([timestamp(scope.period.from), timestamp(scope.period.to)]);
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(params))?;
+    let mut rows = stmt.query(params_from_iter(d.params))?;
     while let Some(r) = rows.next()? {
         let entry = out.entry(r.get(0)?).or_default();
         entry.over_count_avoided = r.get(1)?;
@@ -163,7 +151,7 @@ pub fn coverage(conn: &Connection, scope: &Scope) -> Result<Vec<Coverage>> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let w = super::rollup::event_cells(scope, horizon, false);
+    let w = rollup::event_cells(scope, horizon, Grain::Counts);
     let listed = vec!["?"; names.len()].join(", ");
     let sql = format!(
         "SELECT event_name, slot, sum(n)::BIGINT, \

@@ -20,9 +20,10 @@
 //! ignored (rows they count could change again) and rebuilt; `tally sql
 //! --write` empties them, since a hand-written change may touch any row.
 
-use super::stats::{Scope, Where};
+use super::stats::{Filter, Scope, Where};
 use super::{timestamp, transaction, Result};
 use crate::domain::period::SLOT;
+use crate::domain::SiteSettings;
 use duckdb::types::Value;
 use duckdb::{params, Connection, OptionalExt};
 
@@ -43,18 +44,49 @@ pub fn target(now: i64, window_secs: u32) -> i64 {
     (now - i64::from(window_secs) * 1_000_000 - MARGIN).div_euclid(HOUR) * HOUR
 }
 
+/// The site settings rollups are counted under: rollups counted under
+/// others are neither read nor advanced, but counted again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The dedup window, seconds: rollups of a shorter one may count rows
+    /// that can still change.
+    pub window_secs: u32,
+    /// The revenue rule: the properties read for an amount, in order.
+    pub revenue: Vec<String>,
+}
+
+impl Rules {
+    /// The rules of a site as now set.
+    pub fn of(settings: &SiteSettings) -> Rules {
+        Rules {
+            window_secs: settings.window_secs,
+            revenue: settings
+                .revenue_properties()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    fn revenue_rule(&self) -> String {
+        serde_json::Value::from(self.revenue.clone()).to_string()
+    }
+}
+
 /// The horizon of `site`'s rollups, as the caller's transaction sees it: 0
-/// when there are none, or when they were built for a shorter window than
-/// `window_secs` (then nothing in them can be trusted until rebuilt).
-pub fn horizon(conn: &Connection, site: &str, window_secs: u32) -> Result<i64> {
-    let state: Option<(i64, u32)> = conn
+/// when there are none, or when they were counted for a shorter window or
+/// another revenue rule than `rules` (then nothing in them can be trusted
+/// until counted again).
+pub fn horizon(conn: &Connection, site: &str, rules: &Rules) -> Result<i64> {
+    let state: Option<(i64, u32, String)> = conn
         .prepare_cached(
-            "SELECT epoch_us(horizon), window_secs::UINTEGER FROM rollup_state WHERE site = ?",
+            "SELECT epoch_us(horizon), window_secs::UINTEGER, revenue_rule \
+             FROM rollup_state WHERE site = ?",
         )?
-        .query_row([site], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     Ok(match state {
-        Some((h, w)) if w >= window_secs => h,
+        Some((h, w, rule)) if w >= rules.window_secs && rule == rules.revenue_rule() => h,
         _ => 0,
     })
 }
@@ -71,10 +103,10 @@ pub enum Advance {
 /// Moves `site`'s horizon toward [`target`] by at most [`CHUNK`] of arrival
 /// time, in one transaction: counts the rows that arrived in between into
 /// the rollups. Rollups of a shorter window are dropped first.
-pub fn advance(conn: &Connection, site: &str, window_secs: u32, now: i64) -> Result<Advance> {
-    let goal = target(now, window_secs);
+pub fn advance(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result<Advance> {
+    let goal = target(now, rules.window_secs);
     transaction(conn, |c| {
-        let from = match horizon(c, site, window_secs)? {
+        let from = match horizon(c, site, rules)? {
             0 => {
                 clear(c, Some(site))?;
                 first_arrival(c, site)?.unwrap_or(goal).min(goal)
@@ -82,12 +114,12 @@ pub fn advance(conn: &Connection, site: &str, window_secs: u32, now: i64) -> Res
             h => h,
         };
         if from >= goal {
-            set_horizon(c, site, from.max(0), window_secs)?;
+            set_horizon(c, site, from.max(0), rules)?;
             return Ok(Advance::CaughtUp);
         }
         let to = goal.min(from + CHUNK);
-        count_arrivals(c, site, from, to)?;
-        set_horizon(c, site, to, window_secs)?;
+        count_arrivals(c, site, &rules.revenue, from, to)?;
+        set_horizon(c, site, to, rules)?;
         Ok(if to == goal {
             Advance::CaughtUp
         } else {
@@ -108,14 +140,25 @@ fn first_arrival(conn: &Connection, site: &str) -> Result<Option<i64>> {
 }
 
 /// Counts into the rollups the rows of `site` that arrived in `[from, to)`.
-fn count_arrivals(conn: &Connection, site: &str, from: i64, to: i64) -> Result<()> {
+fn count_arrivals(
+    conn: &Connection,
+    site: &str,
+    revenue: &[String],
+    from: i64,
+    to: i64,
+) -> Result<()> {
     let arrived = "site = $1 AND received_at >= $2 AND received_at < $3";
     let slot = format!("make_timestamp(epoch_us(occurred_at) // {SLOT} * {SLOT})");
     let seen = SEEN;
+    let (amount, currency) = (amount(revenue), CURRENCY);
     for sql in [
         format!(
-            "INSERT INTO rollup_events SELECT site, {slot}, event_name, {seen}, count(*) \
-             FROM events WHERE {arrived} GROUP BY ALL"
+            "INSERT INTO rollup_events SELECT site, slot, event_name, seen, \
+             CASE WHEN amount IS NOT NULL THEN currency END, \
+             sum(amount)::DECIMAL(38,4), count(amount), count(*) \
+             FROM (SELECT site, {slot} AS slot, event_name, {seen} AS seen, \
+                   {amount} AS amount, {currency} AS currency FROM events WHERE {arrived}) \
+             GROUP BY ALL"
         ),
         format!(
             "INSERT INTO rollup_pages SELECT site, {slot}, event_name, {seen}, url, referrer, \
@@ -125,7 +168,8 @@ fn count_arrivals(conn: &Connection, site: &str, from: i64, to: i64) -> Result<(
         format!(
             "INSERT INTO rollup_dropped SELECT site, \
              make_timestamp(epoch_us(received_at) // {SLOT} * {SLOT}), event_name, source, \
-             count(*) FROM duplicates WHERE {arrived} GROUP BY ALL"
+             currency, sum(revenue)::DECIMAL(38,4), count(revenue), count(*) \
+             FROM duplicates WHERE {arrived} GROUP BY ALL"
         ),
     ] {
         conn.prepare_cached(&sql)?
@@ -134,11 +178,16 @@ fn count_arrivals(conn: &Connection, site: &str, from: i64, to: i64) -> Result<(
     Ok(())
 }
 
-fn set_horizon(conn: &Connection, site: &str, horizon: i64, window_secs: u32) -> Result<()> {
+fn set_horizon(conn: &Connection, site: &str, horizon: i64, rules: &Rules) -> Result<()> {
     conn.execute("DELETE FROM rollup_state WHERE site = ?", [site])?;
     conn.execute(
-        "INSERT INTO rollup_state VALUES (?, ?, ?)",
-        params![site, timestamp(horizon), window_secs],
+        "INSERT INTO rollup_state VALUES (?, ?, ?, ?)",
+        params![
+            site,
+            timestamp(horizon),
+            rules.window_secs,
+            rules.revenue_rule()
+        ],
     )?;
     Ok(())
 }
@@ -163,9 +212,22 @@ pub fn clear(conn: &Connection, site: Option<&str>) -> Result<()> {
 }
 
 /// Deletes `site`'s rollup slots before `cutoff` (a slot boundary), as
-/// retention deletes the sealed events and dropped copies in them.
-pub fn trim(conn: &Connection, site: &str, cutoff: i64) -> Result<()> {
+/// retention deletes the events in them that arrived before `window_closed`
+/// and the dropped copies. Those are all the rollups count there, unless
+/// the clock went back behind the horizon: then the rollups are emptied,
+/// to be counted again.
+pub fn trim(conn: &Connection, site: &str, cutoff: i64, window_closed: i64) -> Result<()> {
     debug_assert_eq!(cutoff.rem_euclid(SLOT), 0);
+    let counted_until: Option<i64> = conn
+        .query_row(
+            "SELECT epoch_us(horizon) FROM rollup_state WHERE site = ?",
+            [site],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if counted_until.is_some_and(|h| h > window_closed) {
+        return clear(conn, Some(site));
+    }
     for table in TABLES {
         conn.execute(
             &format!("DELETE FROM {table} WHERE site = ? AND slot < ?"),
@@ -186,34 +248,83 @@ pub fn whole_slots(from: i64, to: i64) -> (i64, i64) {
     (a, to.div_euclid(SLOT) * SLOT)
 }
 
-/// A subquery of the scope's unique events as counted cells, with columns
-/// `slot` (µs, the 15-minute UTC slot of `occurred_at`), `event_name`,
-/// `seen` (mask), `url` and `referrer` when `pages`, and `n`: rollup rows
-/// for whole slots inside the period, raw rows (n = 1) for the rest.
-/// `pages` cells hold only events with a url or a referrer, and are taken
-/// whenever the filter names a page or referrer.
-pub(crate) fn event_cells(scope: &Scope, horizon: i64, pages: bool) -> Where {
+/// What a card counts of each unique event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Grain<'a> {
+    /// Columns `slot` (µs, the 15-minute UTC slot of `occurred_at`),
+    /// `event_name`, `seen` (mask), `n`.
+    Counts,
+    /// The same with `url` and `referrer`, of events that have either.
+    Pages,
+    /// `currency`, `amount` (NULL without one) and `n`, under these revenue
+    /// properties (the site's rule, as the rollups were counted under).
+    Revenue(&'a [String]),
+}
+
+/// The amount of an event under a revenue rule: the first property that
+/// holds a number or a numeric string, as a `DECIMAL(18,4)`.
+pub(crate) fn amount(properties: &[String]) -> String {
+    let each: Vec<String> = properties
+        .iter()
+        .map(|p| {
+            format!(
+                "TRY_CAST(json_extract_string(properties, '{}') AS DECIMAL(18,4))",
+                super::conversions::json_path(p).replace('\'', "''")
+            )
+        })
+        .collect();
+    format!("coalesce({})", each.join(", "))
+}
+
+/// An event's currency: its `currency` property, trimmed and upper-cased.
+pub(crate) const CURRENCY: &str = "CASE WHEN json_type(properties, '$.currency') = 'VARCHAR' \
+     THEN nullif(upper(trim(json_extract_string(properties, '$.currency'))), '') END";
+
+impl Grain<'_> {
+    /// The columns of a raw `events` row, and the rollup table and columns
+    /// that hold the same counts; no table when the filter needs raw rows.
+    fn columns(&self, filter: &Filter) -> (String, Option<(&'static str, &'static str)>) {
+        let by_page = filter.page.is_some() || filter.referrer.is_some();
+        let slot = format!("epoch_us(occurred_at) // {SLOT} * {SLOT} AS slot");
+        match self {
+            Grain::Counts if !by_page => (
+                format!("{slot}, event_name, {SEEN} AS seen, 1 AS n"),
+                Some(("rollup_events", "epoch_us(slot), event_name, seen, n")),
+            ),
+            Grain::Counts | Grain::Pages => (
+                format!("{slot}, event_name, {SEEN} AS seen, url, referrer, 1 AS n"),
+                Some((
+                    "rollup_pages",
+                    "epoch_us(slot), event_name, seen, url, referrer, n",
+                )),
+            ),
+            Grain::Revenue(properties) => (
+                format!(
+                    "{CURRENCY} AS currency, {} AS amount, 1 AS n",
+                    amount(properties)
+                ),
+                (!by_page).then_some(("rollup_events", "currency, revenue, revenue_events")),
+            ),
+        }
+    }
+}
+
+/// A subquery of the scope's unique events as cells of `grain`: rollup rows
+/// for the whole slots inside the period, raw rows (n = 1) for the rest.
+/// A page or referrer filter reads `rollup_pages` (counts) or raw rows
+/// (revenue).
+pub(crate) fn event_cells(scope: &Scope, horizon: i64, grain: Grain) -> Where {
     let f = &scope.filter;
-    let pages = pages || f.page.is_some() || f.referrer.is_some();
-    let extra = if pages { ", url, referrer" } else { "" };
-    let raw_columns =
-        format!("epoch_us(occurred_at) // {SLOT} * {SLOT} AS slot, event_name, {SEEN} AS seen{extra}, 1 AS n");
+    let (raw_columns, rolled) = grain.columns(f);
+    let raw = |w: Where| w.wrap(&format!("SELECT {raw_columns} FROM events WHERE "));
     let (from, to) = (scope.period.from, scope.period.to);
     let (a, b) = whole_slots(from, to);
     let all = scope.events();
-    if horizon <= 0 || a >= b {
-        return all.wrap(&format!("SELECT {raw_columns} FROM events WHERE "));
-    }
-    let tail = all
-        .clone()
-        .and("received_at >= ?", [timestamp(horizon)])
-        .wrap(&format!("SELECT {raw_columns} FROM events WHERE "));
-    let table = if pages {
-        "rollup_pages"
-    } else {
-        "rollup_events"
+    let Some((table, columns)) = rolled.filter(|_| horizon > 0 && a < b) else {
+        return raw(all);
     };
-    let mut rolled = Where::default()
+    let tail = raw(all.clone().and("received_at >= ?", [timestamp(horizon)]));
+    let mut kept = Where::default()
         .and("site = ?", [Value::Text(scope.site.clone())])
         .and("slot >= ? AND slot < ?", [timestamp(a), timestamp(b)]);
     for (column, value) in [
@@ -222,32 +333,28 @@ pub(crate) fn event_cells(scope: &Scope, horizon: i64, pages: bool) -> Where {
         ("referrer", &f.referrer),
     ] {
         if let Some(v) = value {
-            rolled = rolled.and(&format!("{column} = ?"), [Value::Text(v.clone())]);
+            kept = kept.and(&format!("{column} = ?"), [Value::Text(v.clone())]);
         }
     }
     if let Some(s) = f.source {
-        rolled = rolled.and(&format!("seen & {} <> 0", s.bit()), []);
+        kept = kept.and(&format!("seen & {} <> 0", s.bit()), []);
     }
-    let rolled = rolled.wrap(&format!(
-        "SELECT epoch_us(slot) AS slot, event_name, seen{extra}, n FROM {table} WHERE "
-    ));
-    let mut cells = tail.union(rolled);
+    let kept = kept.wrap(&format!("SELECT {columns} FROM {table} WHERE "));
+    let mut cells = tail.union(kept);
     if a > from || b < to {
-        let edges = all
-            .and(
-                "received_at < ? AND (occurred_at < ? OR occurred_at >= ?)",
-                [timestamp(horizon), timestamp(a), timestamp(b)],
-            )
-            .wrap(&format!("SELECT {raw_columns} FROM events WHERE "));
-        cells = cells.union(edges);
+        cells = cells.union(raw(all.and(
+            "received_at < ? AND (occurred_at < ? OR occurred_at >= ?)",
+            [timestamp(horizon), timestamp(a), timestamp(b)],
+        )));
     }
     cells
 }
 
-/// A scalar subquery counting the scope's dropped copies that arrived in
-/// the period: rollup slots inside it, raw rows for the rest. A page or
+/// A subquery of the scope's dropped copies that arrived in the period, as
+/// cells with columns `currency`, `revenue` (NULL without), `revenue_copies`
+/// and `n`: rollup slots inside the period, raw rows for the rest. A page or
 /// referrer filter reads raw rows only (the rollup has no url).
-pub(crate) fn dropped_count(scope: &Scope, horizon: i64) -> Where {
+pub(crate) fn dropped_cells(scope: &Scope, horizon: i64) -> Where {
     let f = &scope.filter;
     let (from, to) = (scope.period.from, scope.period.to);
     let raw = |lo: i64, hi: i64| {
@@ -257,8 +364,10 @@ pub(crate) fn dropped_count(scope: &Scope, horizon: i64) -> Where {
                 "received_at >= ? AND received_at < ?",
                 [timestamp(lo), timestamp(hi)],
             )
-            .wrap("SELECT count(*) FROM duplicates WHERE ")
-            .paren()
+            .wrap(
+                "SELECT currency, revenue, (revenue IS NOT NULL)::BIGINT AS revenue_copies, \
+                 1 AS n FROM duplicates WHERE ",
+            )
     };
     let (a, b) = whole_slots(from, to);
     if horizon <= 0 || a >= b || f.page.is_some() || f.referrer.is_some() {
@@ -266,19 +375,17 @@ pub(crate) fn dropped_count(scope: &Scope, horizon: i64) -> Where {
     }
     // Rollup slots [a, b) hold the copies that arrived in [a, min(b, h)).
     let c = a.max(b.min(horizon));
-    let mut rolled = Where::default()
+    let mut kept = Where::default()
         .and("site = ?", [Value::Text(scope.site.clone())])
         .and("slot >= ? AND slot < ?", [timestamp(a), timestamp(b)]);
     if let Some(e) = &f.event {
-        rolled = rolled.and("event_name = ?", [Value::Text(e.clone())]);
+        kept = kept.and("event_name = ?", [Value::Text(e.clone())]);
     }
     if let Some(s) = f.source {
-        rolled = rolled.and("source = ?", [Value::Text(s.as_str().to_owned())]);
+        kept = kept.and("source = ?", [Value::Text(s.as_str().to_owned())]);
     }
-    let rolled = rolled
-        .wrap("SELECT coalesce(sum(n), 0)::BIGINT FROM rollup_dropped WHERE ")
-        .paren();
-    raw(from, a).plus(rolled).plus(raw(c, to))
+    let kept = kept.wrap("SELECT currency, revenue, revenue_copies, n FROM rollup_dropped WHERE ");
+    raw(from, a).union(kept).union(raw(c, to))
 }
 
 #[cfg(test)]

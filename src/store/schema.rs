@@ -149,19 +149,25 @@ pub const MIGRATIONS: &[&str] = &[
     // far they reach: every event or dropped copy of the site that arrived
     // before it is counted, none after. `slot` is the slot's UTC start: of
     // `occurred_at` for events, of `received_at` for dropped copies. `seen`
-    // is the mask of sources seen (1 pixel, 2 server, 4 import).
+    // is the mask of sources seen (1 pixel, 2 server, 4 import). Revenue is
+    // summed under the site's revenue rule at the time (`revenue_rule`, the
+    // properties as a JSON array).
     "
     CREATE TABLE rollup_state (
-        site        VARCHAR   NOT NULL,
-        horizon     TIMESTAMP NOT NULL,
-        window_secs INTEGER   NOT NULL
+        site         VARCHAR   NOT NULL,
+        horizon      TIMESTAMP NOT NULL,
+        window_secs  INTEGER   NOT NULL,
+        revenue_rule VARCHAR   NOT NULL
     );
     CREATE TABLE rollup_events (
-        site       VARCHAR   NOT NULL,
-        slot       TIMESTAMP NOT NULL,
-        event_name VARCHAR   NOT NULL,
-        seen       UTINYINT  NOT NULL,
-        n          BIGINT    NOT NULL
+        site           VARCHAR       NOT NULL,
+        slot           TIMESTAMP     NOT NULL,
+        event_name     VARCHAR       NOT NULL,
+        seen           UTINYINT      NOT NULL,
+        currency       VARCHAR,
+        revenue        DECIMAL(38,4),
+        revenue_events BIGINT        NOT NULL,
+        n              BIGINT        NOT NULL
     );
     CREATE TABLE rollup_pages (
         site       VARCHAR   NOT NULL,
@@ -173,11 +179,14 @@ pub const MIGRATIONS: &[&str] = &[
         n          BIGINT    NOT NULL
     );
     CREATE TABLE rollup_dropped (
-        site       VARCHAR   NOT NULL,
-        slot       TIMESTAMP NOT NULL,
-        event_name VARCHAR   NOT NULL,
-        source     VARCHAR   NOT NULL,
-        n          BIGINT    NOT NULL
+        site           VARCHAR       NOT NULL,
+        slot           TIMESTAMP     NOT NULL,
+        event_name     VARCHAR       NOT NULL,
+        source         VARCHAR       NOT NULL,
+        currency       VARCHAR,
+        revenue        DECIMAL(38,4),
+        revenue_copies BIGINT        NOT NULL,
+        n              BIGINT        NOT NULL
     );
     ",
 ];

@@ -4,7 +4,8 @@
 //! Charts group by 15-minute UTC slot in SQL and fold the slots into local
 //! hours and days in Rust, since DuckDB here cannot convert zones.
 
-use super::{rollup, timestamp, Result};
+use super::rollup::{self, Grain};
+use super::{timestamp, Result};
 use crate::domain::period::Period;
 use crate::domain::Source;
 use crate::store::sql::format_timestamp;
@@ -39,9 +40,9 @@ pub struct Scope {
     pub period: Period,
     /// The filter.
     pub filter: Filter,
-    /// The site's dedup window, seconds: rollups built for a shorter one
-    /// are not read ([`super::rollup::horizon`]).
-    pub window_secs: u32,
+    /// The site's rules the rollups must have been counted under to be
+    /// read ([`super::rollup::horizon`]).
+    pub rules: rollup::Rules,
 }
 
 /// A SQL condition and its parameters, in order.
@@ -87,11 +88,6 @@ impl Where {
         self.join(" UNION ALL ", other)
     }
 
-    /// Two scalar expressions added.
-    pub(crate) fn plus(self, other: Where) -> Self {
-        self.join(" + ", other)
-    }
-
     fn join(mut self, glue: &str, other: Where) -> Self {
         self.sql.push_str(glue);
         self.sql.push_str(&other.sql);
@@ -117,7 +113,7 @@ impl Scope {
 
     /// How far the site's rollups reach, as `conn`'s transaction sees them.
     pub(crate) fn horizon(&self, conn: &Connection) -> Result<i64> {
-        super::rollup::horizon(conn, &self.site, self.window_secs)
+        rollup::horizon(conn, &self.site, &self.rules)
     }
 
     /// The site's events under the filter that happened in the period.
@@ -236,7 +232,7 @@ pub(crate) fn u(v: i64) -> u64 {
 /// The cards' numbers for `scope`; `now` bounds "last 24 h".
 pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
     let horizon = scope.horizon(conn)?;
-    let w = rollup::event_cells(scope, horizon, false);
+    let w = rollup::event_cells(scope, horizon, Grain::Counts);
     let sql = format!(
         "SELECT coalesce(sum(n), 0)::BIGINT, \
          coalesce(sum(n * (seen & 1 <> 0)::INTEGER), 0)::BIGINT, \
@@ -257,7 +253,10 @@ pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
         .and("received_at >= ?", [timestamp(day_ago)])
         .wrap("SELECT count(*) FROM duplicates WHERE ")
         .paren();
-    let d = rollup::dropped_count(scope, horizon);
+    let d = rollup::dropped_cells(scope, horizon)
+        .paren()
+        .wrap("SELECT coalesce(sum(n), 0)::BIGINT FROM ")
+        .paren();
     let sql = format!("SELECT {}, {}", d.sql, last_day.sql);
     let params = d.params.into_iter().chain(last_day.params);
     let (dups, dups_24h): (i64, i64) = conn
@@ -283,7 +282,7 @@ pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
 /// Unique events per local bucket of the period, split by who delivered
 /// them; empty buckets included.
 pub fn series(conn: &Connection, scope: &Scope) -> Result<Vec<Point>> {
-    let w = rollup::event_cells(scope, scope.horizon(conn)?, false);
+    let w = rollup::event_cells(scope, scope.horizon(conn)?, Grain::Counts);
     // Measured at 10 M events: integer slots and sums of booleans run in a
     // third of the time of `time_bucket` and `count(*) FILTER (…)` (85 vs
     // 250 ms); occurred_at is never before 1970, so `//` floors. (Sums of
@@ -345,8 +344,11 @@ pub fn top(conn: &Connection, scope: &Scope, kind: TopKind, limit: u32) -> Resul
         TopKind::Pages => ("url", format!(" AND url IS NOT NULL{page_views}")),
         TopKind::Referrers => ("referrer", format!(" AND referrer IS NOT NULL{page_views}")),
     };
-    let pages = kind != TopKind::Events;
-    let w = rollup::event_cells(scope, scope.horizon(conn)?, pages);
+    let grain = match kind {
+        TopKind::Events => Grain::Counts,
+        TopKind::Pages | TopKind::Referrers => Grain::Pages,
+    };
+    let w = rollup::event_cells(scope, scope.horizon(conn)?, grain);
     let sql = format!(
         "SELECT {column}, sum(n)::BIGINT AS n FROM ({}) WHERE true{extra} \
          GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",

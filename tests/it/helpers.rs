@@ -38,8 +38,24 @@ pub fn spawn_app_in(dir: TempDir) -> TestApp {
     spawn_configured(dir, |_| {})
 }
 
+/// A server over `dir` whose clock starts at `micros` (a restart that keeps
+/// a test's time).
+pub fn spawn_app_at(dir: TempDir, micros: i64) -> TestApp {
+    let clock = ManualClock::starting_now();
+    clock.set_micros(micros);
+    spawn_with_clock(dir, Arc::new(clock), |_| {})
+}
+
 /// A server whose configuration `configure` adjusts first.
 pub fn spawn_configured(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_with_clock(dir, Arc::new(ManualClock::starting_now()), configure)
+}
+
+fn spawn_with_clock(
+    dir: TempDir,
+    clock: Arc<ManualClock>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = Config {
@@ -50,7 +66,6 @@ pub fn spawn_configured(dir: TempDir, configure: impl FnOnce(&mut Config)) -> Te
         trusted_proxies: Vec::new(),
     };
     configure(&mut config);
-    let clock = Arc::new(ManualClock::starting_now());
     let app = Arc::new(App::open(config, clock.clone()).unwrap());
     let site = match app.site("shop") {
         Ok(_) => None,

@@ -9,8 +9,9 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use tally::domain::period::Period;
 use tally::domain::{Clock, DedupPolicy, Source};
+use tally::store::conversions;
+use tally::store::rollup::{self, Rules};
 use tally::store::stats::{self, Filter, Scope, TopKind};
-use tally::store::{conversions, rollup};
 
 /// A small deterministic generator (xorshift), so a failure names its seed.
 struct Rng(u64);
@@ -83,6 +84,14 @@ fn copy(rng: &mut Rng, now: i64, anchor: i64) -> Value {
     if let Some(r) = rng.maybe(&REFERRERS) {
         e["referrer"] = json!(r);
     }
+    if rng.below(2) == 0 {
+        let amount = format!("{}.{:02}", rng.below(500), rng.below(100));
+        e["properties"] = json!({
+            "total": amount.parse::<f64>().unwrap(),
+            "value": amount,
+            "currency": rng.pick(&["EUR", "usd", " USD "]),
+        });
+    }
     e
 }
 
@@ -97,6 +106,7 @@ fn cards(app: &TestApp, scope: &Scope, now: i64) -> Value {
             "pages": stats::top(c, scope, TopKind::Pages, 100)?,
             "referrers": stats::top(c, scope, TopKind::Referrers, 100)?,
             "coverage": conversions::coverage(c, scope)?,
+            "revenue": conversions::revenue(c, scope)?,
         }))
     })
     .unwrap()
@@ -144,7 +154,7 @@ fn scopes(app: &TestApp, now: i64, anchor: i64) -> Vec<Scope> {
                 site: "shop".into(),
                 period: *p,
                 filter: f.clone(),
-                window_secs: site.settings.window_secs,
+                rules: Rules::of(&site.settings),
             })
         })
         .collect()
@@ -159,7 +169,10 @@ fn assert_rollups_exact(app: &TestApp, anchor: i64, seed: u64, step: usize) {
         let raw = cards(
             app,
             &Scope {
-                window_secs: u32::MAX,
+                rules: Rules {
+                    window_secs: u32::MAX,
+                    ..scope.rules.clone()
+                },
                 ..scope.clone()
             },
             now,
@@ -216,6 +229,11 @@ fn run(seed: u64) {
             }
             _ => app.clock.advance_secs(rng.below(3 * 3600) as i64),
         }
+        if step == 20 {
+            // Another revenue rule: the rollups are counted again under it.
+            app.set(|s| s.revenue_property = Some("value".into()));
+            assert_rollups_exact(&app, anchor, seed, step);
+        }
         if step == 30 {
             // Retention two days back, then a longer window: the rollups
             // built for the shorter one are dropped and rebuilt.
@@ -229,8 +247,7 @@ fn run(seed: u64) {
         if step == 45 {
             let at = app.clock.now_micros();
             let dir = app.stop();
-            app = spawn_app_in(dir);
-            app.clock.set_micros(at);
+            app = spawn_app_at(dir, at);
         }
         if step % 10 == 9 {
             assert_rollups_exact(&app, anchor, seed, step);
@@ -241,8 +258,8 @@ fn run(seed: u64) {
     assert_rollups_exact(&app, anchor, seed, 60);
     // Not vacuous: the rollups were read, and they count rows.
     let conn = app.app.store.connect().unwrap();
-    let window = app.app.site("shop").unwrap().settings.window_secs;
-    assert!(rollup::horizon(&conn, "shop", window).unwrap() > 0);
+    let rules = Rules::of(&app.app.site("shop").unwrap().settings);
+    assert!(rollup::horizon(&conn, "shop", &rules).unwrap() > 0);
     assert!(app.count("SELECT count(*) FROM rollup_events") > 0);
     assert!(rolled_up + app.count("SELECT count(*) FROM rollup_pages") > 0);
 }

@@ -79,7 +79,7 @@ impl CardQuery {
             site: site.name.clone(),
             period,
             filter: self.filter()?,
-            window_secs: site.settings.window_secs,
+            rules: crate::store::rollup::Rules::of(&site.settings),
         })
     }
 }
@@ -186,10 +186,9 @@ pub async fn revenue(
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     card(app, &auth, &req, &q, |c, scope, site, _| {
-        let properties = site.settings.revenue_properties();
         Ok(json!({
-            "revenue_properties": properties,
-            "currencies": conversions::revenue(c, scope, &properties)?,
+            "revenue_properties": site.settings.revenue_properties(),
+            "currencies": conversions::revenue(c, scope)?,
         }))
     })
     .await
