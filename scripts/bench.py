@@ -10,6 +10,7 @@
     scripts/bench.py resend     [--events 200000]              # duplicates/s of re-sent copies before vs right after a restart
     scripts/bench.py pixel      [--seconds 15] [--runs 5]      # /v1/pixel under wrk, beside the bare actix ceiling; RSS
     scripts/bench.py attack     [--seconds 15] [--runs 3]      # ingest while pixel copies of one event pile 12 KB properties on it
+    scripts/bench.py fixedrate  [--rate 20000] [--seconds 30]   # /v1/pixel at a constant rate, latency corrected for coordinated omission
     scripts/bench.py keys       [--seconds 15] [--runs 3]      # ingest without vs with a secondary key; index bytes a key
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
@@ -322,6 +323,46 @@ def bench_pixel(a):
     print(f"median req/s: ceiling {c:,.0f}; tally {t:,.0f} = {t / c:.0%}")
 
 
+def bench_fixedrate(a):
+    """/v1/pixel at a constant rate (examples/fixedrate.rs: each request due
+    at start + i / rate, latency from when it was due, so stalls are not
+    hidden), a fresh server per run; peak RSS sampled; stored rows checked
+    against the answered requests."""
+    import threading
+    results = []
+    for run in range(a.runs):
+        d = tempfile.mkdtemp()
+        out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
+                              "--data-dir", d], check=True, capture_output=True, text=True).stdout
+        site_key = json.loads(out)["site_key"]
+        proc, base = serve(d)
+        wait_healthy(base)
+        time.sleep(1)
+        peak = [0.0]
+        stop = threading.Event()
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_mb(proc.pid)); time.sleep(0.2)
+        sampler = threading.Thread(target=sample); sampler.start()
+        out = subprocess.run([EXAMPLE("fixedrate"), base.removeprefix("http://"), site_key, str(a.rate),
+                              str(a.seconds), str(a.connections)], check=True, capture_output=True, text=True).stdout.strip()
+        time.sleep(10)
+        after = rss_mb(proc.pid)
+        stop.set(); sampler.join()
+        proc.terminate(); proc.wait()
+        f = dict(zip(out.split()[0::2], out.split()[1::2]))
+        stored = stored_events(d)
+        if stored != int(f["ok"]):
+            raise SystemExit(f"end check FAILED: {stored} stored, {f['ok']} answered 2xx")
+        print(f"run {run + 1} {out}; {stored:,} stored; peak RSS {peak[0]:.0f} MB, {after:.0f} MB 10 s after", flush=True)
+        m = re.search(r"p50 ([\d.]+) ms p90 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms", out)
+        results.append(tuple(float(x) for x in m.groups()))
+        shutil.rmtree(d)
+    med = [statistics.median(r[i] for r in results) for i in range(4)]
+    print(f"{a.rate:,} req/s for {a.seconds} s, {a.connections} connections, {a.runs} runs, medians: "
+          f"p50 {med[0]:.2f} ms  p90 {med[1]:.2f} ms  p99 {med[2]:.2f} ms  p99.9 {med[3]:.2f} ms")
+
+
 def bench_attack(a):
     """The ingest load with and without an attacker who knows the public
     site key: 4 connections sending pixel copies of one order, each with a
@@ -485,12 +526,15 @@ def main():
     rs = sub.add_parser("resend"); rs.add_argument("--events", type=int, default=200_000)
     px = sub.add_parser("pixel"); px.add_argument("--seconds", type=int, default=15); px.add_argument("--runs", type=int, default=5)
     px.add_argument("--connections", type=int, default=256)
+    fr = sub.add_parser("fixedrate"); fr.add_argument("--rate", type=int, default=20_000)
+    fr.add_argument("--seconds", type=int, default=30); fr.add_argument("--runs", type=int, default=5)
+    fr.add_argument("--connections", type=int, default=256)
     at = sub.add_parser("attack"); at.add_argument("--seconds", type=int, default=15); at.add_argument("--threads", type=int, default=4); at.add_argument("--runs", type=int, default=3)
     k = sub.add_parser("keys"); k.add_argument("--seconds", type=int, default=15); k.add_argument("--threads", type=int, default=4); k.add_argument("--runs", type=int, default=3)
     dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
     dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel, "attack": bench_attack}[a.cmd](a)
+    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel, "attack": bench_attack, "fixedrate": bench_fixedrate}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,15 @@ impl Grain<'_> {
 pub(crate) fn event_cells(scope: &Scope, horizon: i64, grain: Grain) -> Where {
     let f = &scope.filter;
     let (raw_columns, rolled) = grain.columns(f);
-    let raw = |w: Where| w.wrap(&format!("SELECT {raw_columns} FROM events WHERE "));
+    let raw = |w: Where| {
+        let w = match grain {
+            // Measured: a third less time than parsing NULLs (the amount
+            // of a row without properties is NULL anyway).
+            Grain::Revenue(_) => w.and("properties IS NOT NULL", []),
+            _ => w,
+        };
+        w.wrap(&format!("SELECT {raw_columns} FROM events WHERE "))
+    };
     let (from, to) = (scope.period.from, scope.period.to);
     let (a, b) = whole_slots(from, to);
     let all = scope.events();
