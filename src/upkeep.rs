@@ -74,7 +74,7 @@ fn run(app: &App, stopped: &std::sync::mpsc::Receiver<()>) {
         if let Err(e) = roll_up(app) {
             tracing::warn!(error = %e, "rollup pass failed; retrying in a minute");
         }
-        if ticks % RETENTION_TICKS == 0 {
+        if ticks.is_multiple_of(RETENTION_TICKS) {
             if let Err(e) = crate::retention::run_once(app) {
                 tracing::warn!(error = %e, "retention pass failed; retrying in an hour");
             }
