@@ -73,11 +73,12 @@ impl Rules {
     }
 }
 
-/// The horizon of `site`'s rollups, as the caller's transaction sees it: 0
-/// when there are none, or when they were counted for a shorter window or
-/// another revenue rule than `rules` (then nothing in them can be trusted
-/// until counted again).
-pub fn horizon(conn: &Connection, site: &str, rules: &Rules) -> Result<i64> {
+/// The horizon of `site`'s rollups at `now`, as the caller's transaction
+/// sees it: 0 when there are none, when they were counted for a shorter
+/// window or another revenue rule than `rules`, or when the clock has gone
+/// back behind them (rows arriving now could land before the horizon,
+/// uncounted): then nothing in them is read until counted again.
+pub fn horizon(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result<i64> {
     let state: Option<(i64, u32, String)> = conn
         .prepare_cached(
             "SELECT epoch_us(horizon), window_secs::UINTEGER, revenue_rule \
@@ -86,7 +87,13 @@ pub fn horizon(conn: &Connection, site: &str, rules: &Rules) -> Result<i64> {
         .query_row([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     Ok(match state {
-        Some((h, w, rule)) if w >= rules.window_secs && rule == rules.revenue_rule() => h,
+        Some((h, w, rule))
+            if w >= rules.window_secs
+                && rule == rules.revenue_rule()
+                && h <= target(now, rules.window_secs) =>
+        {
+            h
+        }
         _ => 0,
     })
 }
@@ -102,19 +109,21 @@ pub enum Advance {
 
 /// Moves `site`'s horizon toward [`target`] by at most [`CHUNK`] of arrival
 /// time, in one transaction: counts the rows that arrived in between into
-/// the rollups. Rollups of a shorter window are dropped first.
+/// the rollups. Rollups that [`horizon`] would not read are dropped first
+/// and counted again from the first arrival.
 pub fn advance(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result<Advance> {
     let goal = target(now, rules.window_secs);
     transaction(conn, |c| {
-        let from = match horizon(c, site, rules)? {
+        let from = match horizon(c, site, rules, now)? {
             0 => {
                 clear(c, Some(site))?;
-                first_arrival(c, site)?.unwrap_or(goal).min(goal)
+                let from = first_arrival(c, site)?.unwrap_or(goal).min(goal);
+                set_horizon(c, site, from.max(0), rules)?;
+                from
             }
             h => h,
         };
         if from >= goal {
-            set_horizon(c, site, from.max(0), rules)?;
             return Ok(Advance::CaughtUp);
         }
         let to = goal.min(from + CHUNK);

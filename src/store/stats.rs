@@ -43,6 +43,8 @@ pub struct Scope {
     /// The site's rules the rollups must have been counted under to be
     /// read ([`super::rollup::horizon`]).
     pub rules: rollup::Rules,
+    /// When the card is read (µs): rollups ahead of the clock are not read.
+    pub now: i64,
 }
 
 /// A SQL condition and its parameters, in order.
@@ -113,7 +115,7 @@ impl Scope {
 
     /// How far the site's rollups reach, as `conn`'s transaction sees them.
     pub(crate) fn horizon(&self, conn: &Connection) -> Result<i64> {
-        rollup::horizon(conn, &self.site, &self.rules)
+        rollup::horizon(conn, &self.site, &self.rules, self.now)
     }
 
     /// The site's events under the filter that happened in the period.
@@ -229,8 +231,8 @@ pub(crate) fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-/// The cards' numbers for `scope`; `now` bounds "last 24 h".
-pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
+/// The cards' numbers for `scope`; its `now` bounds "last 24 h".
+pub fn summary(conn: &Connection, scope: &Scope) -> Result<Summary> {
     let horizon = scope.horizon(conn)?;
     let w = rollup::event_cells(scope, horizon, Grain::Counts);
     let sql = format!(
@@ -247,7 +249,7 @@ pub fn summary(conn: &Connection, scope: &Scope, now: i64) -> Result<Summary> {
         .query_row(params_from_iter(&w.params), |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?;
-    let day_ago = now - 86_400_000_000;
+    let day_ago = scope.now - 86_400_000_000;
     let last_day = scope
         .dropped()
         .and("received_at >= ?", [timestamp(day_ago)])

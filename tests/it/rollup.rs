@@ -96,11 +96,11 @@ fn copy(rng: &mut Rng, now: i64, anchor: i64) -> Value {
 }
 
 /// Every card, read in one transaction as the dashboard does.
-fn cards(app: &TestApp, scope: &Scope, now: i64) -> Value {
+fn cards(app: &TestApp, scope: &Scope) -> Value {
     let conn = app.app.store.connect().unwrap();
     tally::store::transaction(&conn, |c| {
         Ok::<_, tally::store::StoreError>(json!({
-            "summary": stats::summary(c, scope, now)?,
+            "summary": stats::summary(c, scope)?,
             "series": stats::series(c, scope)?,
             "events": stats::top(c, scope, TopKind::Events, 100)?,
             "pages": stats::top(c, scope, TopKind::Pages, 100)?,
@@ -155,6 +155,7 @@ fn scopes(app: &TestApp, now: i64, anchor: i64) -> Vec<Scope> {
                 period: *p,
                 filter: f.clone(),
                 rules: Rules::of(&site.settings),
+                now,
             })
         })
         .collect()
@@ -165,7 +166,7 @@ fn scopes(app: &TestApp, now: i64, anchor: i64) -> Vec<Scope> {
 fn assert_rollups_exact(app: &TestApp, anchor: i64, seed: u64, step: usize) {
     let now = app.clock.now_micros();
     for scope in scopes(app, now, anchor) {
-        let rolled = cards(app, &scope, now);
+        let rolled = cards(app, &scope);
         let raw = cards(
             app,
             &Scope {
@@ -175,7 +176,6 @@ fn assert_rollups_exact(app: &TestApp, anchor: i64, seed: u64, step: usize) {
                 },
                 ..scope.clone()
             },
-            now,
         );
         assert_eq!(
             rolled, raw,
@@ -259,7 +259,8 @@ fn run(seed: u64) {
     // Not vacuous: the rollups were read, and they count rows.
     let conn = app.app.store.connect().unwrap();
     let rules = Rules::of(&app.app.site("shop").unwrap().settings);
-    assert!(rollup::horizon(&conn, "shop", &rules).unwrap() > 0);
+    let now = app.clock.now_micros();
+    assert!(rollup::horizon(&conn, "shop", &rules, now).unwrap() > 0);
     assert!(app.count("SELECT count(*) FROM rollup_events") > 0);
     assert!(rolled_up + app.count("SELECT count(*) FROM rollup_pages") > 0);
 }
@@ -303,7 +304,7 @@ fn a_sealed_hour_is_counted_once_and_the_tail_stays_raw() {
     );
     let now = app.clock.now_micros();
     let scope = &scopes(&app, now, now)[0];
-    let summary = &cards(&app, scope, now)["summary"];
+    let summary = &cards(&app, scope)["summary"];
     assert_eq!(summary["unique_events"], 3);
     assert_eq!(summary["duplicates"], 1);
     // `tally sql --write` empties them: they are counted again.
@@ -321,5 +322,5 @@ fn a_sealed_hour_is_counted_once_and_the_tail_stays_raw() {
         app.count("SELECT sum(n)::BIGINT FROM rollup_events WHERE site = 'shop'"),
         1
     );
-    assert_eq!(cards(&app, scope, now)["summary"]["unique_events"], 2);
+    assert_eq!(cards(&app, scope)["summary"]["unique_events"], 2);
 }

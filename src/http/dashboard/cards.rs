@@ -80,6 +80,7 @@ impl CardQuery {
             period,
             filter: self.filter()?,
             rules: crate::store::rollup::Rules::of(&site.settings),
+            now,
         })
     }
 }
@@ -92,7 +93,7 @@ async fn card<T: serde::Serialize + Send + 'static>(
     auth: &Auth,
     req: &HttpRequest,
     q: &CardQuery,
-    f: impl FnOnce(&duckdb::Connection, &Scope, &Site, i64) -> crate::store::Result<T> + Send + 'static,
+    f: impl FnOnce(&duckdb::Connection, &Scope, &Site) -> crate::store::Result<T> + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
     auth.require(req)?;
     let site: Arc<Site> = app.site(&q.site)?;
@@ -100,7 +101,7 @@ async fn card<T: serde::Serialize + Send + 'static>(
     let scope = q.scope(&site, now)?;
     let answer = web::block(move || {
         let conn = app.store.connect()?;
-        crate::store::transaction(&conn, |c| f(c, &scope, &site, now))
+        crate::store::transaction(&conn, |c| f(c, &scope, &site))
     })
     .await??;
     Ok(HttpResponse::Ok().json(answer))
@@ -113,10 +114,7 @@ pub async fn summary(
     req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, _, now| {
-        stats::summary(c, scope, now)
-    })
-    .await
+    card(app, &auth, &req, &q, |c, scope, _| stats::summary(c, scope)).await
 }
 
 /// `GET /api/series`: events over time by source, in local buckets.
@@ -126,7 +124,7 @@ pub async fn series(
     req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, site, _| {
+    card(app, &auth, &req, &q, |c, scope, site| {
         let p = scope.period;
         Ok(json!({
             "bucket": p.bucket,
@@ -158,7 +156,7 @@ pub async fn top(
         }
     };
     let limit = q.limit.unwrap_or(10).min(100);
-    card(app, &auth, &req, &q, move |c, scope, _, _| {
+    card(app, &auth, &req, &q, move |c, scope, _| {
         stats::top(c, scope, kind, limit)
     })
     .await
@@ -172,7 +170,7 @@ pub async fn recent(
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(20).min(200);
-    card(app, &auth, &req, &q, move |c, scope, _, _| {
+    card(app, &auth, &req, &q, move |c, scope, _| {
         stats::recent(c, scope, limit)
     })
     .await
@@ -185,7 +183,7 @@ pub async fn revenue(
     req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, site, _| {
+    card(app, &auth, &req, &q, |c, scope, site| {
         Ok(json!({
             "revenue_properties": site.settings.revenue_properties(),
             "currencies": conversions::revenue(c, scope)?,
@@ -201,7 +199,7 @@ pub async fn coverage(
     req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, site, _| {
+    card(app, &auth, &req, &q, |c, scope, site| {
         Ok(json!({
             "timezone": site.settings.timezone.name(),
             "events": conversions::coverage(c, scope)?,
@@ -218,7 +216,7 @@ pub async fn funnel(
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let steps = funnel_steps(req.query_string())?;
-    card(app, &auth, &req, &q, move |c, scope, _, _| {
+    card(app, &auth, &req, &q, move |c, scope, _| {
         Ok(json!({ "steps": conversions::funnel(c, scope, &steps)? }))
     })
     .await
