@@ -16,7 +16,7 @@
 Builds nothing: run `cargo build --release --examples` first (target dir from
 CARGO_TARGET_DIR, default ~/.cache/tally/target).
 """
-import argparse, http.cookiejar, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, http.cookiejar, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tally/target"))
 TALLY = os.path.join(TARGET, "release", "tally")
@@ -51,6 +51,37 @@ def serve(data_dir):
     proc = subprocess.Popen([TALLY, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "RUST_LOG": "info"})
     return proc, base
+
+
+def pixel_server():
+    """A fresh data dir with a site allowed on the pixel scripts' origin, and
+    a server on it, healthy and settled: (dir, site_key, process, base URL)."""
+    d = tempfile.mkdtemp()
+    out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
+                          "--data-dir", d], check=True, capture_output=True, text=True).stdout
+    proc, base = serve(d)
+    wait_healthy(base)
+    time.sleep(1)
+    return d, json.loads(out)["site_key"], proc, base
+
+
+class PeakRss:
+    """The highest RSS of a process, sampled every 200 ms inside `with`."""
+
+    def __init__(self, pid):
+        self.pid, self.mb, self.stop = pid, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self.sample)
+
+    def sample(self):
+        while not self.stop.is_set():
+            self.mb = max(self.mb, rss_mb(self.pid)); time.sleep(0.2)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set(); self.thread.join()
 
 
 def add_site(data_dir):
@@ -278,7 +309,6 @@ def bench_pixel(a):
     beside the bare actix handler of examples/ceiling.rs, alternating in
     one run; each Tally run on a fresh data dir, its peak RSS sampled, its
     stored rows checked against the answered requests."""
-    import threading
     rates = {"ceiling": [], "tally": []}
     for run in range(a.runs):
         port = free_port()
@@ -290,23 +320,11 @@ def bench_pixel(a):
         print(f"run {run + 1} ceiling {rate:9,.0f} req/s  p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms", flush=True)
         ceiling.terminate(); ceiling.wait()
 
-        d = tempfile.mkdtemp()
-        out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
-                              "--data-dir", d], check=True, capture_output=True, text=True).stdout
-        site_key = json.loads(out)["site_key"]
-        proc, base = serve(d)
-        wait_healthy(base)
-        time.sleep(1)
-        peak = [0.0]
-        stop = threading.Event()
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], rss_mb(proc.pid)); time.sleep(0.2)
-        sampler = threading.Thread(target=sample); sampler.start()
-        rate, f = wrk_pixel(base, site_key, a.seconds, a.connections)
-        time.sleep(10)
-        after = rss_mb(proc.pid)
-        stop.set(); sampler.join()
+        d, site_key, proc, base = pixel_server()
+        with PeakRss(proc.pid) as peak:
+            rate, f = wrk_pixel(base, site_key, a.seconds, a.connections)
+            time.sleep(10)
+            after = rss_mb(proc.pid)
         rates["tally"].append(rate)
         proc.terminate(); proc.wait()
         stored = stored_events(d)
@@ -317,7 +335,7 @@ def bench_pixel(a):
             raise SystemExit(f"end check FAILED: {stored} stored, {answered} answered")
         print(f"run {run + 1} tally   {rate:9,.0f} req/s  p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  "
               f"= {rate / rates['ceiling'][-1]:.0%} of the ceiling; {stored:,} stored for {answered:,} answered; "
-              f"peak RSS {peak[0]:.0f} MB, {after:.0f} MB 10 s after", flush=True)
+              f"peak RSS {peak.mb:.0f} MB, {after:.0f} MB 10 s after", flush=True)
         shutil.rmtree(d)
     c, t = statistics.median(rates["ceiling"]), statistics.median(rates["tally"])
     print(f"median req/s: ceiling {c:,.0f}; tally {t:,.0f} = {t / c:.0%}")
@@ -328,33 +346,21 @@ def bench_fixedrate(a):
     at start + i / rate, latency from when it was due, so stalls are not
     hidden), a fresh server per run; peak RSS sampled; stored rows checked
     against the answered requests."""
-    import threading
     results = []
     for run in range(a.runs):
-        d = tempfile.mkdtemp()
-        out = subprocess.run([TALLY, "site", "add", "shop", "--origin", "https://shop.example.com", "--json",
-                              "--data-dir", d], check=True, capture_output=True, text=True).stdout
-        site_key = json.loads(out)["site_key"]
-        proc, base = serve(d)
-        wait_healthy(base)
-        time.sleep(1)
-        peak = [0.0]
-        stop = threading.Event()
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], rss_mb(proc.pid)); time.sleep(0.2)
-        sampler = threading.Thread(target=sample); sampler.start()
-        out = subprocess.run([EXAMPLE("fixedrate"), base.removeprefix("http://"), site_key, str(a.rate),
-                              str(a.seconds), str(a.connections)], check=True, capture_output=True, text=True).stdout.strip()
-        time.sleep(10)
-        after = rss_mb(proc.pid)
-        stop.set(); sampler.join()
+        d, site_key, proc, base = pixel_server()
+        with PeakRss(proc.pid) as peak:
+            out = subprocess.run([EXAMPLE("fixedrate"), base.removeprefix("http://"), site_key, str(a.rate),
+                                  str(a.seconds), str(a.connections)], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+            time.sleep(10)
+            after = rss_mb(proc.pid)
         proc.terminate(); proc.wait()
         f = dict(zip(out.split()[0::2], out.split()[1::2]))
         stored = stored_events(d)
         if stored != int(f["ok"]):
             raise SystemExit(f"end check FAILED: {stored} stored, {f['ok']} answered 2xx")
-        print(f"run {run + 1} {out}; {stored:,} stored; peak RSS {peak[0]:.0f} MB, {after:.0f} MB 10 s after", flush=True)
+        print(f"run {run + 1} {out}; {stored:,} stored; peak RSS {peak.mb:.0f} MB, {after:.0f} MB 10 s after", flush=True)
         m = re.search(r"p50 ([\d.]+) ms p90 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms", out)
         results.append(tuple(float(x) for x in m.groups()))
         shutil.rmtree(d)
@@ -367,7 +373,7 @@ def bench_attack(a):
     """The ingest load with and without an attacker who knows the public
     site key: 4 connections sending pixel copies of one order, each with a
     new 12 KB property (the hardening review's finding 1), alternating runs."""
-    import threading, http.client, random
+    import http.client, random
 
     def attacker(host, site_key, stop, sent):
         conn = http.client.HTTPConnection(host)

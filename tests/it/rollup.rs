@@ -6,6 +6,8 @@
 //! whole-day, unaligned and filtered periods.
 
 use crate::helpers::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tally::domain::period::Period;
 use tally::domain::{Clock, DedupPolicy, Source};
@@ -13,28 +15,13 @@ use tally::store::conversions;
 use tally::store::rollup::{self, Rules};
 use tally::store::stats::{self, Filter, Scope, TopKind};
 
-/// A small deterministic generator (xorshift), so a failure names its seed.
-struct Rng(u64);
+fn pick<'a>(rng: &mut StdRng, items: &[&'a str]) -> &'a str {
+    items[rng.gen_range(0..items.len())]
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-
-    fn maybe<'a>(&mut self, items: &[&'a str]) -> Option<&'a str> {
-        (self.below(3) > 0).then(|| self.pick(items))
-    }
+/// Two times in three, one of `items`.
+fn maybe<'a>(rng: &mut StdRng, items: &[&'a str]) -> Option<&'a str> {
+    (rng.gen_range(0..3) > 0).then(|| pick(rng, items))
 }
 
 const NAMES: [&str; 3] = ["page.view", "order.completed", "signup"];
@@ -63,33 +50,33 @@ fn unaligned(anchor: i64) -> (i64, i64) {
 /// A random copy: a name, an id from a small pool (so copies collide), and
 /// some of an occurrence time (up to six days back, often in the partial
 /// slots at the ends of the unaligned period), a url and a referrer.
-fn copy(rng: &mut Rng, now: i64, anchor: i64) -> Value {
+fn copy(rng: &mut StdRng, now: i64, anchor: i64) -> Value {
     let mut e = json!({
-        "event_name": rng.pick(&NAMES),
-        "event_id": format!("e{}", rng.below(40)),
+        "event_name": pick(rng, &NAMES),
+        "event_id": format!("e{}", rng.gen_range(0..40)),
     });
     let (from, to) = unaligned(anchor);
-    let at = match rng.below(4) {
-        0 => Some(now - rng.below(6 * 86_400) as i64 * 1_000_000),
-        1 => Some(from - MINUTE + rng.below(12) as i64 * MINUTE),
-        2 => Some(to - 7 * MINUTE + rng.below(12) as i64 * MINUTE),
+    let at = match rng.gen_range(0..4) {
+        0 => Some(now - rng.gen_range(0..6 * 86_400) as i64 * 1_000_000),
+        1 => Some(from - MINUTE + rng.gen_range(0..12) as i64 * MINUTE),
+        2 => Some(to - 7 * MINUTE + rng.gen_range(0..12) as i64 * MINUTE),
         _ => None,
     };
     if let Some(at) = at {
         e["occurred_at"] = json!(rfc3339(at));
     }
-    if let Some(u) = rng.maybe(&URLS) {
+    if let Some(u) = maybe(rng, &URLS) {
         e["url"] = json!(u);
     }
-    if let Some(r) = rng.maybe(&REFERRERS) {
+    if let Some(r) = maybe(rng, &REFERRERS) {
         e["referrer"] = json!(r);
     }
-    if rng.below(2) == 0 {
-        let amount = format!("{}.{:02}", rng.below(500), rng.below(100));
+    if rng.gen_range(0..2) == 0 {
+        let amount = format!("{}.{:02}", rng.gen_range(0..500), rng.gen_range(0..100));
         e["properties"] = json!({
             "total": amount.parse::<f64>().unwrap(),
             "value": amount,
-            "currency": rng.pick(&["EUR", "usd", " USD "]),
+            "currency": pick(rng, &["EUR", "usd", " USD "]),
         });
     }
     e
@@ -185,7 +172,7 @@ fn assert_rollups_exact(app: &TestApp, anchor: i64, seed: u64, step: usize) {
 }
 
 fn run(seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut app = spawn_app();
     let token = app.token.clone();
     let anchor = app.clock.now_micros() / 3_600_000_000 * 3_600_000_000;
@@ -193,22 +180,22 @@ fn run(seed: u64) {
     let mut rolled_up = 0;
     for step in 0..60 {
         let now = app.clock.now_micros();
-        match rng.below(10) {
+        match rng.gen_range(0..10) {
             0..=3 => {
-                let batch: Vec<Value> = (0..1 + rng.below(15))
+                let batch: Vec<Value> = (0..1 + rng.gen_range(0..15))
                     .map(|_| copy(&mut rng, now, anchor))
                     .collect();
                 post_events_to(&app.base, &token, batch);
             }
             4..=5 => {
-                for _ in 0..1 + rng.below(4) {
+                for _ in 0..1 + rng.gen_range(0..4) {
                     let mut e = copy(&mut rng, now, anchor);
                     e["site"] = json!(app.site_key);
                     assert_eq!(app.pixel(e, ORIGIN).status(), 204);
                 }
             }
             6 => {
-                let lines: Vec<String> = (0..1 + rng.below(8))
+                let lines: Vec<String> = (0..1 + rng.gen_range(0..8))
                     .map(|_| copy(&mut rng, now, anchor).to_string())
                     .collect();
                 let file = app.dir.path().join(format!("import-{step}.ndjson"));
@@ -216,7 +203,7 @@ fn run(seed: u64) {
                 app.import(file, false);
             }
             7 => {
-                let policy = if rng.below(2) == 0 {
+                let policy = if rng.gen_range(0..2) == 0 {
                     DedupPolicy::PreferPixel
                 } else {
                     DedupPolicy::FirstWins
@@ -227,7 +214,7 @@ fn run(seed: u64) {
                 tally::upkeep::roll_up(&app.app).unwrap();
                 rolled_up += 1;
             }
-            _ => app.clock.advance_secs(rng.below(3 * 3600) as i64),
+            _ => app.clock.advance_secs(rng.gen_range(0..3 * 3600) as i64),
         }
         if step == 20 {
             // Another revenue rule: the rollups are counted again under it.
