@@ -210,7 +210,15 @@ impl App {
             }
             None => site.origins.clone(),
         };
-        store::sites::set_settings(&conn, site.id, &settings)?;
+        if settings.window_secs > site.settings.window_secs {
+            // Rows the rollups count as sealed may be live again under the
+            // longer window: they are counted again from the rows.
+            let _upkeep = crate::upkeep::lock();
+            store::sites::set_settings(&conn, site.id, &settings)?;
+            store::rollup::clear(&conn, Some(&site.name))?;
+        } else {
+            store::sites::set_settings(&conn, site.id, &settings)?;
+        }
         Ok(self.sites.upsert(Site {
             settings,
             origins,

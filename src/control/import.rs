@@ -87,6 +87,7 @@ impl Tally {
 /// Hands an import's batches to the writer: looks up each batch's history,
 /// queues it in chunks, and settles the oldest answers as room is needed.
 struct Feeder<'a> {
+    app: &'a App,
     ingest: &'a Ingest,
     /// The import's own connection, for the history lookups.
     conn: Connection,
@@ -100,6 +101,9 @@ impl Feeder<'_> {
     /// Looks up what the store holds of `batch`'s keys (id and secondary),
     /// then queues the batch in chunks with the answer.
     fn send(&mut self, batch: Vec<Event>) -> Result<(), ControlError> {
+        // Settings changed during a long import apply from the next batch
+        // (a shorter window must not be judged with the old one).
+        self.site = self.app.site(&self.site.name)?;
         let copies = prepare(&self.site, batch);
         let keys: Vec<_> = copies
             .iter()
@@ -153,6 +157,7 @@ pub fn run(
         Mode::Import
     };
     let mut feeder = Feeder {
+        app,
         ingest,
         conn: app.store.connect()?,
         site,

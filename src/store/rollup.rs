@@ -76,8 +76,9 @@ impl Rules {
 /// The horizon of `site`'s rollups at `now`, as the caller's transaction
 /// sees it: 0 when there are none, when they were counted for a shorter
 /// window or another revenue rule than `rules`, or when the clock has gone
-/// back behind them (rows arriving now could land before the horizon,
-/// uncounted): then nothing in them is read until counted again.
+/// back so far that rows they count could be live again or rows arriving
+/// now could land before the horizon, uncounted: then nothing in them is
+/// read until counted again.
 pub fn horizon(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result<i64> {
     let state: Option<(i64, u32, String)> = conn
         .prepare_cached(
@@ -90,7 +91,7 @@ pub fn horizon(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result
         Some((h, w, rule))
             if w >= rules.window_secs
                 && rule == rules.revenue_rule()
-                && h <= target(now, rules.window_secs) =>
+                && h <= now - i64::from(rules.window_secs) * 1_000_000 =>
         {
             h
         }
@@ -135,6 +136,27 @@ pub fn advance(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result
             Advance::Partway(to)
         })
     })
+}
+
+/// Whether `site`'s rollups still count exactly the events and dropped
+/// copies that arrived before their horizon (true when there are none): a
+/// check against drift the rules above cannot see, such as a clock that
+/// stepped back and forth again between two passes, or a write made with
+/// another tool while Tally was stopped.
+pub fn agrees(conn: &Connection, site: &str) -> Result<bool> {
+    let agrees: Option<bool> = conn
+        .query_row(
+            "WITH h AS (SELECT horizon FROM rollup_state WHERE site = $1) \
+             SELECT (SELECT coalesce(sum(n), 0) FROM rollup_events WHERE site = $1) \
+                    = (SELECT count(*) FROM events WHERE site = $1 AND received_at < h.horizon) \
+                AND (SELECT coalesce(sum(n), 0) FROM rollup_dropped WHERE site = $1) \
+                    = (SELECT count(*) FROM duplicates WHERE site = $1 AND received_at < h.horizon) \
+             FROM h",
+            [site],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(agrees.unwrap_or(true))
 }
 
 /// The first whole hour any row of `site` arrived in.
@@ -327,8 +349,9 @@ pub(crate) fn event_cells(scope: &Scope, horizon: i64, grain: Grain) -> Where {
     let (raw_columns, rolled) = grain.columns(f);
     let raw = |w: Where| {
         let w = match grain {
-            // Measured: a third less time than parsing NULLs (the amount
-            // of a row without properties is NULL anyway).
+            // Measured: 0.7 of the time of parsing every row (the amount of
+            // a row without properties is NULL anyway); parsing the currency
+            // of rows with an amount only gained nothing more.
             Grain::Revenue(_) => w.and("properties IS NOT NULL", []),
             _ => w,
         };
