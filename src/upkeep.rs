@@ -24,7 +24,8 @@ pub const TICK: Duration = Duration::from_secs(60);
 const RETENTION_TICKS: u32 = 60;
 
 /// The rollups are checked against the rows once every this many ticks: a
-/// count over one column of each table (~0.1 s at 100 M events).
+/// count over one column of each table (measured: 40 ms at 10 M events and
+/// 2.5 M dropped copies, so ~0.4 s at 100 M).
 const CHECK_TICKS: u32 = 10;
 
 /// Advances every site's rollups as far as their windows allow; the first
