@@ -316,6 +316,7 @@ impl Grain<'_> {
     /// that hold the same counts; no table when the filter needs raw rows.
     fn columns(&self, filter: &Filter) -> (String, Option<(&'static str, &'static str)>) {
         let by_page = filter.page.is_some() || filter.referrer.is_some();
+        // occurred_at is never before 1970 (`Event::parse`), so `//` floors.
         let slot = format!("epoch_us(occurred_at) // {SLOT} * {SLOT} AS slot");
         match self {
             Grain::Counts if !by_page => (
