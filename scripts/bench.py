@@ -480,7 +480,9 @@ def bench_dashboard(a):
              "/api/revenue?site=shop&range=30d",
              "/api/funnel?site=shop&range=30d&step=page.view&step=cart.add&step=order.completed",
              "/api/summary?site=shop&range=30d&page=https://shop.example.com/pricing",
-             "/api/summary?site=shop&range=24h", "/api/recent?site=shop"]
+             "/api/summary?site=shop&range=24h", "/api/recent?site=shop",
+             "/api/near-misses?site=shop", "/api/events/lookup?site=shop&event_id=ord_42",
+             "/api/forwards?site=shop"]
     for p in paths:
         opener.open(base + p).read()  # warm
         times = []
