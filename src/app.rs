@@ -210,14 +210,13 @@ impl App {
             }
             None => site.origins.clone(),
         };
-        if settings.window_secs > site.settings.window_secs {
-            // Rows the rollups count as sealed may be live again under the
-            // longer window: they are counted again from the rows.
-            let _upkeep = crate::upkeep::lock();
-            store::sites::set_settings(&conn, site.id, &settings)?;
+        // Rows the rollups count as sealed may be live again under a longer
+        // window: they are counted again from the rows.
+        let longer_window = settings.window_secs > site.settings.window_secs;
+        let _upkeep = longer_window.then(crate::upkeep::lock);
+        store::sites::set_settings(&conn, site.id, &settings)?;
+        if longer_window {
             store::rollup::clear(&conn, Some(&site.name))?;
-        } else {
-            store::sites::set_settings(&conn, site.id, &settings)?;
         }
         Ok(self.sites.upsert(Site {
             settings,

@@ -42,11 +42,7 @@ pub fn add_destination(conn: &Connection, mut d: Destination, now: i64) -> Resul
             [LAST_DESTINATION_KEY],
             |r| r.get(0),
         )?;
-        c.execute("DELETE FROM settings WHERE key = ?", [LAST_DESTINATION_KEY])?;
-        c.execute(
-            "INSERT INTO settings VALUES (?, ?)",
-            params![LAST_DESTINATION_KEY, d.id.to_string()],
-        )?;
+        super::settings::put(c, LAST_DESTINATION_KEY, &d.id.to_string())?;
         let config = serde_json::to_string(&d).map_err(|e| StoreError::Invalid(e.to_string()))?;
         c.execute(
             "INSERT INTO destinations VALUES (?, ?, ?, ?)",

@@ -80,14 +80,7 @@ impl Rules {
 /// now could land before the horizon, uncounted: then nothing in them is
 /// read until counted again.
 pub fn horizon(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result<i64> {
-    let state: Option<(i64, u32, String)> = conn
-        .prepare_cached(
-            "SELECT epoch_us(horizon), window_secs::UINTEGER, revenue_rule \
-             FROM rollup_state WHERE site = ?",
-        )?
-        .query_row([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    Ok(match state {
+    Ok(match state(conn, site)? {
         Some((h, w, rule))
             if w >= rules.window_secs
                 && rule == rules.revenue_rule()
@@ -97,6 +90,18 @@ pub fn horizon(conn: &Connection, site: &str, rules: &Rules, now: i64) -> Result
         }
         _ => 0,
     })
+}
+
+/// `site`'s row of `rollup_state`: the horizon (µs), and the window and
+/// revenue rule the rollups were counted under.
+fn state(conn: &Connection, site: &str) -> Result<Option<(i64, u32, String)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT epoch_us(horizon), window_secs::UINTEGER, revenue_rule \
+             FROM rollup_state WHERE site = ?",
+        )?
+        .query_row([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?)
 }
 
 /// What one call of [`advance`] did.
@@ -249,14 +254,7 @@ pub fn clear(conn: &Connection, site: Option<&str>) -> Result<()> {
 /// to be counted again.
 pub fn trim(conn: &Connection, site: &str, cutoff: i64, window_closed: i64) -> Result<()> {
     debug_assert_eq!(cutoff.rem_euclid(SLOT), 0);
-    let counted_until: Option<i64> = conn
-        .query_row(
-            "SELECT epoch_us(horizon) FROM rollup_state WHERE site = ?",
-            [site],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if counted_until.is_some_and(|h| h > window_closed) {
+    if state(conn, site)?.is_some_and(|(h, _, _)| h > window_closed) {
         return clear(conn, Some(site));
     }
     for table in TABLES {

@@ -18,9 +18,12 @@ pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
 
 /// Stores `value` under `key`, replacing what was there.
 pub fn set(conn: &Connection, key: &str, value: &str) -> Result<()> {
-    super::transaction(conn, |c| {
-        c.execute("DELETE FROM settings WHERE key = ?", [key])?;
-        c.execute("INSERT INTO settings VALUES (?, ?)", params![key, value])
-    })?;
+    super::transaction(conn, |c| put(c, key, value))
+}
+
+/// [`set`] inside the caller's transaction.
+pub fn put(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute("DELETE FROM settings WHERE key = ?", [key])?;
+    conn.execute("INSERT INTO settings VALUES (?, ?)", params![key, value])?;
     Ok(())
 }
