@@ -458,8 +458,12 @@ def bench_restart(a):
 
 
 def bench_dashboard(a):
-    d = tempfile.mkdtemp()
-    subprocess.run([EXAMPLE("seed"), d, str(a.events), "30"], check=True)
+    """Seeds a store (or, with --keep DIR, reuses the one seeded there
+    earlier and keeps it), waits for the rollups, times each /api/ query."""
+    d = a.keep or tempfile.mkdtemp()
+    if not os.path.exists(os.path.join(d, "tally.duckdb")):
+        os.makedirs(d, exist_ok=True)
+        subprocess.run([EXAMPLE("seed"), d, str(a.events), "30"], check=True)
     subprocess.run([TALLY, "admin", "set-password", "--data-dir", d], input="bench-password\n", text=True, check=True)
     proc, base = serve(d)
     wait_healthy(base)
@@ -480,7 +484,7 @@ def bench_dashboard(a):
         if int(out[-1]) >= goal:
             break
         time.sleep(1)
-    print(f"rollups counted {a.events:,} events in {time.perf_counter() - t0:.0f} s after the start")
+    print(f"rollups ready {time.perf_counter() - t0:.0f} s after the start")
     paths = ["/api/summary?site=shop&range=30d", "/api/series?site=shop&range=30d",
              "/api/top?site=shop&range=30d&kind=events", "/api/top?site=shop&range=30d&kind=pages",
              "/api/top?site=shop&range=30d&kind=referrers", "/api/conversions?site=shop&range=30d",
@@ -497,7 +501,8 @@ def bench_dashboard(a):
             t0 = time.perf_counter(); opener.open(base + p).read(); times.append((time.perf_counter() - t0) * 1e3)
         print(f"{p:48s} median {statistics.median(times):7.1f} ms   max {max(times):7.1f} ms   ({a.runs} runs)")
     proc.terminate(); proc.wait()
-    shutil.rmtree(d)
+    if not a.keep:
+        shutil.rmtree(d)
 
 
 def bench_dropin(a):
@@ -537,6 +542,7 @@ def main():
     r = sub.add_parser("restart"); r.add_argument("--keys", type=int, default=10_000_000)
     f = sub.add_parser("forward"); f.add_argument("--seconds", type=int, default=15); f.add_argument("--threads", type=int, default=4); f.add_argument("--runs", type=int, default=3)
     dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
+    dsh.add_argument("--keep", metavar="DIR", help="seed into DIR once and keep it; later runs reuse it")
     im = sub.add_parser("import"); im.add_argument("--lines", type=int, default=1_000_000)
     rs = sub.add_parser("resend"); rs.add_argument("--events", type=int, default=200_000)
     px = sub.add_parser("pixel"); px.add_argument("--seconds", type=int, default=15); px.add_argument("--runs", type=int, default=5)

