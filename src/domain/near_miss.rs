@@ -245,9 +245,8 @@ pub fn find(events: &[Seen]) -> Report {
         pairs: Vec::new(),
         seen: HashSet::new(),
     };
-    for &(first, last) in ends.values().filter(|(first, last)| first != last) {
+    for &(first, _) in ends.values().filter(|(first, last)| first != last) {
         let group: Vec<usize> = members(first).collect();
-        debug_assert_eq!(group.last(), Some(&last));
         for (x, &i) in group.iter().enumerate() {
             for &j in &group[x + 1..] {
                 let kind = if events[i].event_name != events[j].event_name {
@@ -350,7 +349,7 @@ mod tests {
             events in proptest::collection::vec(
                 (
                     proptest::sample::select(vec!["order.completed", "Order_Completed", "signup", "SIGNUP"]),
-                    "[aB1 2_-]{0,6}",
+                    "[aBÉé1 2_-]{0,6}",
                     1u8..8,
                 ),
                 0..40,
