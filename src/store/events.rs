@@ -296,18 +296,22 @@ pub struct WindowRow {
     pub fingerprint: u32,
 }
 
+/// The mask of sources an event row was seen from ([`Source::bit`]: 1 pixel,
+/// 2 server, 4 import), as a SQL expression over its `seen_*` columns.
+pub(crate) const SEEN: &str =
+    "(seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT";
+
 /// Calls `f` for every event that arrived at or after `since_secs`.
 /// Reads the fingerprint columns and small computed integers in Arrow
 /// batches, never the key strings: this is what keeps a 10M-key restart
 /// within seconds.
 pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(WindowRow)) -> Result<()> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT key_hash, key_hash2, (epoch_ms(received_at) // 1000)::UINTEGER, \
-         (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, \
-         (seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT, \
+         (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, {SEEN}, \
          coalesce(merges, 0)::UTINYINT, coalesce(fingerprint, 0)::UINTEGER, skey_hash, skey_hash2 \
-         FROM events WHERE received_at >= ?",
-    )?;
+         FROM events WHERE received_at >= ?"
+    ))?;
     for batch in stmt.query_arrow(params![timestamp(since_secs * 1_000_000)])? {
         let low = column::<UInt64Array>(&batch, 0);
         let high = column::<UInt32Array>(&batch, 1);

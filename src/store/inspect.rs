@@ -3,6 +3,7 @@
 //! decided for each dropped one (SPEC §5), read from `events` and
 //! `duplicates`.
 
+use super::conversions::json_path;
 use super::sql::format_timestamp;
 use super::{timestamp, Result};
 use crate::domain::row::Rule;
@@ -266,14 +267,6 @@ pub fn lookup(
         events,
         unmatched,
     })
-}
-
-/// The JSON path of a top-level property, quoted.
-fn json_path(property: &str) -> String {
-    format!(
-        "$.\"{}\"",
-        property.replace('\\', "\\\\").replace('"', "\\\"")
-    )
 }
 
 /// The secondary key (property, value) of a kept row, under the site's

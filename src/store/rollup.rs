@@ -20,6 +20,7 @@
 //! ignored (rows they count could change again) and rebuilt; `tally sql
 //! --write` empties them, since a hand-written change may touch any row.
 
+use super::events::SEEN;
 use super::stats::{Filter, Scope, Where};
 use super::{timestamp, transaction, Result};
 use crate::domain::period::SLOT;
@@ -265,10 +266,6 @@ pub fn trim(conn: &Connection, site: &str, cutoff: i64, window_closed: i64) -> R
     }
     Ok(())
 }
-
-/// The mask of sources an event row was seen from, as the rollups keep it.
-const SEEN: &str =
-    "(seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT";
 
 /// The whole slots inside `[from, to)`: `[ceil(from), floor(to))`.
 pub fn whole_slots(from: i64, to: i64) -> (i64, i64) {

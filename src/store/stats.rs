@@ -4,6 +4,7 @@
 //! Charts group by 15-minute UTC slot in SQL and fold the slots into local
 //! hours and days in Rust, since DuckDB here cannot convert zones.
 
+use super::events::SEEN;
 use super::rollup::{self, Grain};
 use super::{timestamp, Result};
 use crate::domain::period::Period;
@@ -408,9 +409,8 @@ pub fn near_misses(
     // it on: a top-N that carries the ids through the sort of the whole
     // window took 1.7 s of 100 M events' 48 hours, this 0.5 s.
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT event_name, event_id, \
-         (seen_pixel::UTINYINT + 2 * seen_server::UTINYINT + 4 * seen_import::UTINYINT)::UTINYINT \
-         FROM events WHERE site = $1 AND received_at >= coalesce(( \
+        "SELECT event_name, event_id, {SEEN} FROM events \
+         WHERE site = $1 AND received_at >= coalesce(( \
            SELECT received_at FROM events WHERE site = $1 AND received_at >= $2 \
            ORDER BY received_at DESC LIMIT 1 OFFSET {}), $2) \
          ORDER BY received_at DESC LIMIT {NEAR_MISS_LIMIT}",
