@@ -287,5 +287,17 @@ fn ten_thousand_malformed_requests_per_ingest_endpoint_get_4xx_and_store_nothing
             "json",
         ],
     );
-    assert_eq!(stored, "[{\"n\":0}]\n");
+    if stored != "[{\"n\":0}]\n" {
+        // What was stored, so that a rare failure (seen once, in a full run
+        // from a fresh clone, not reproduced in 18 more) names its request.
+        let rows = |table: &str| {
+            let query = format!("SELECT * FROM {table}");
+            tally_ok(dir.path(), &["sql", &query, "--format", "json"])
+        };
+        panic!(
+            "hostile requests stored rows: {stored}events {}duplicates {}",
+            rows("events"),
+            rows("duplicates")
+        );
+    }
 }
