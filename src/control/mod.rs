@@ -257,6 +257,13 @@ fn apply_change(current: &SiteSettings, c: &SiteChange) -> Result<SiteSettings, 
         s.retain_days = (days > 0).then_some(days);
     }
     if let Some(p) = &c.revenue_property {
+        if p.trim() == "*" {
+            return Err(ControlError(
+                "--revenue-property \"*\" cannot be read (DuckDB takes it for a wildcard); \
+                 name one property, e.g. value"
+                    .into(),
+            ));
+        }
         s.revenue_property = (!p.trim().is_empty()).then(|| p.trim().to_owned());
     }
     Ok(s)
@@ -276,4 +283,26 @@ fn site_json(s: &crate::domain::Site) -> Value {
         "retain_days": s.settings.retain_days,
         "revenue_property": s.settings.revenue_property,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revenue(name: &str) -> Result<Option<String>, ControlError> {
+        let change = SiteChange {
+            revenue_property: Some(name.to_owned()),
+            ..SiteChange::default()
+        };
+        apply_change(&SiteSettings::default(), &change).map(|s| s.revenue_property)
+    }
+
+    #[test]
+    fn a_revenue_property_is_trimmed_reset_by_an_empty_name_and_never_a_wildcard() {
+        assert_eq!(revenue(" amount ").unwrap().as_deref(), Some("amount"));
+        assert_eq!(revenue("").unwrap(), None);
+        let refused = revenue(" * ").unwrap_err().to_string();
+        assert!(refused.contains("wildcard"), "{refused}");
+        assert_eq!(revenue("a*b").unwrap().as_deref(), Some("a*b"));
+    }
 }
