@@ -43,7 +43,9 @@ const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "pg_catalog"];
 
 /// Splits SQL text into its statements at top-level semicolons, skipping
 /// quoted strings, quoted identifiers, dollar-quoted strings and comments.
-/// Empty statements (`;;`, trailing `;`, comments only) are dropped.
+/// Empty statements (`;;`, trailing `;`, comments or whitespace only, in
+/// Rust's sense of whitespace, which includes `\u{b}` and `\u{a0}`) are
+/// dropped.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let bytes = sql.as_bytes();
     let mut statements = Vec::new();
@@ -75,7 +77,7 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
             }
             b';' => {
                 if has_code {
-                    statements.push(sql[start..i].trim());
+                    push_statement(&mut statements, &sql[start..i]);
                 }
                 start = i + 1;
                 has_code = false;
@@ -86,9 +88,18 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         i += 1;
     }
     if has_code {
-        statements.push(sql[start..].trim());
+        push_statement(&mut statements, &sql[start..]);
     }
     statements
+}
+
+/// Adds `text` trimmed, unless nothing but whitespace is left of it (a byte
+/// such as `\u{b}` is not ASCII whitespace to the scan but is to `trim`).
+fn push_statement<'a>(statements: &mut Vec<&'a str>, text: &'a str) {
+    let text = text.trim();
+    if !text.is_empty() {
+        statements.push(text);
+    }
 }
 
 /// The index after a `'…'` or `"…"` run starting at `i` (doubled quotes
@@ -269,6 +280,8 @@ mod tests {
         assert_eq!(split_statements("SELECT 1"), ["SELECT 1"]);
         assert_eq!(split_statements("SELECT 1;"), ["SELECT 1"]);
         assert_eq!(split_statements(" ; ;-- c\n"), Vec::<&str>::new());
+        assert_eq!(split_statements("\u{b};\u{a0}"), Vec::<&str>::new());
+        assert_eq!(split_statements("\u{b}SELECT 1\u{a0};"), ["SELECT 1"]);
         assert_eq!(
             split_statements("SELECT ';' AS a, \"x;y\" FROM t; SELECT 2"),
             ["SELECT ';' AS a, \"x;y\" FROM t", "SELECT 2"]
