@@ -257,13 +257,6 @@ fn apply_change(current: &SiteSettings, c: &SiteChange) -> Result<SiteSettings, 
         s.retain_days = (days > 0).then_some(days);
     }
     if let Some(p) = &c.revenue_property {
-        if p.trim() == "*" {
-            return Err(ControlError(
-                "--revenue-property \"*\" cannot be read (DuckDB takes it for a wildcard); \
-                 name one property, e.g. value"
-                    .into(),
-            ));
-        }
         s.revenue_property = (!p.trim().is_empty()).then(|| p.trim().to_owned());
     }
     Ok(s)
@@ -298,11 +291,9 @@ mod tests {
     }
 
     #[test]
-    fn a_revenue_property_is_trimmed_reset_by_an_empty_name_and_never_a_wildcard() {
+    fn a_revenue_property_is_trimmed_and_reset_by_an_empty_name() {
         assert_eq!(revenue(" amount ").unwrap().as_deref(), Some("amount"));
         assert_eq!(revenue("").unwrap(), None);
-        let refused = revenue(" * ").unwrap_err().to_string();
-        assert!(refused.contains("wildcard"), "{refused}");
-        assert_eq!(revenue("a*b").unwrap().as_deref(), Some("a*b"));
+        assert_eq!(revenue(" * ").unwrap().as_deref(), Some("*"));
     }
 }

@@ -325,14 +325,11 @@ impl Money {
         };
         let amounts: Vec<String> = properties
             .iter()
-            .map(|p| match p.as_str() {
-                // DuckDB reads the path `$."*"` as a wildcard, so no property
-                // of that name can be read (`site set` refuses it).
-                "*" => "NULL::DECIMAL(18,4)".to_owned(),
-                p => format!(
+            .map(|p| {
+                format!(
                     "TRY_CAST(json_extract_string({}, '$') AS DECIMAL(18,4))",
                     path(p)
-                ),
+                )
             })
             .collect();
         let c = path("currency");
@@ -513,7 +510,9 @@ mod tests {
     }
 
     /// The revenue rule as first written: one extraction per property
-    /// from the whole object, and the currency's type and value.
+    /// from the whole object, and the currency's type and value (the
+    /// paths as now built: `conversions` tests that they name exactly one
+    /// property).
     fn reference(properties: &[&str]) -> (String, String) {
         let each: Vec<String> = properties
             .iter()
@@ -554,6 +553,7 @@ mod tests {
             r#"{"t\u006ftal": 3, "currency": null}"#,
             r#"{"value": 1, "value": 2}"#,
             r#"{"we\"ird": 4, "amount": "  42  "}"#,
+            r#"{"*": "8.5", "a/b~c": 2, "currency": "usd"}"#,
             r#"{"Value": 3, "currency": {"code": "usd"}}"#,
             r#"{"value": "  -7.25 ", "currency": "gbp\n"}"#,
             r#"{}"#,
@@ -564,12 +564,13 @@ mod tests {
             c.execute("INSERT INTO events VALUES (?)", [f]).unwrap();
         }
         c.execute("INSERT INTO events VALUES (NULL)", []).unwrap();
-        let rules: [&[&str]; 5] = [
+        let rules: [&[&str]; 6] = [
             &["value", "revenue", "total"],
             &["amount"],
             &["we\"ird", "currency"],
             &["total"],
             &["*", "total"],
+            &["a/b~c", "*"],
         ];
         for rule in rules {
             let owned: Vec<String> = rule.iter().map(|p| p.to_string()).collect();

@@ -189,6 +189,19 @@ pub const MIGRATIONS: &[&str] = &[
         n              BIGINT        NOT NULL
     );
     ",
+    // 6: a property named `*` is read by the JSON Pointer `/*`
+    // (`conversions::json_path`); the `$."*"` path before it was taken for
+    // a wildcard and counted as no revenue. The rollups of a site whose
+    // revenue rule names `*` are forgotten, to be counted again.
+    "
+    CREATE TEMP TABLE stale AS SELECT site FROM rollup_state
+        WHERE list_contains(from_json(revenue_rule, '[\"VARCHAR\"]'), '*');
+    DELETE FROM rollup_events WHERE site IN (SELECT site FROM stale);
+    DELETE FROM rollup_pages WHERE site IN (SELECT site FROM stale);
+    DELETE FROM rollup_dropped WHERE site IN (SELECT site FROM stale);
+    DELETE FROM rollup_state WHERE site IN (SELECT site FROM stale);
+    DROP TABLE stale;
+    ",
 ];
 
 /// Brings the schema up to the newest version.
@@ -242,14 +255,14 @@ mod tests {
         assert_eq!(n, 0);
     }
 
-    #[test]
-    fn the_outbox_keeps_its_rows_through_migration_4() {
+    /// A store at schema version `version`.
+    fn at_version(version: usize) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)",
         )
         .unwrap();
-        for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+        for (i, sql) in MIGRATIONS[..version].iter().enumerate() {
             conn.execute_batch(sql).unwrap();
             conn.execute(
                 "INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)",
@@ -257,6 +270,42 @@ mod tests {
             )
             .unwrap();
         }
+        conn
+    }
+
+    #[test]
+    fn rollups_counted_under_a_revenue_rule_naming_a_star_are_forgotten_by_migration_6() {
+        let conn = at_version(5);
+        conn.execute_batch(
+            r#"INSERT INTO rollup_state VALUES
+                 ('star', '2026-11-20', 172800, '["*"]'),
+                 ('starred', '2026-11-20', 172800, '["a*","total"]'),
+                 ('shop', '2026-11-20', 172800, '["value","revenue","total"]');
+               INSERT INTO rollup_events VALUES
+                 ('star', '2026-11-19', 'buy', 2, 'USD', NULL, 0, 3),
+                 ('starred', '2026-11-19', 'buy', 2, 'USD', 1.5, 1, 3),
+                 ('shop', '2026-11-19', 'buy', 2, 'USD', 1.5, 1, 3);
+               INSERT INTO rollup_pages VALUES ('star', '2026-11-19', 'view', 1, '/', NULL, 4);
+               INSERT INTO rollup_dropped VALUES ('star', '2026-11-19', 'buy', 'pixel', NULL, NULL, 0, 1);"#,
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let sites = |table: &str| -> Vec<String> {
+            conn.prepare(&format!("SELECT site FROM {table} ORDER BY site"))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<duckdb::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(sites("rollup_state"), ["shop", "starred"]);
+        assert_eq!(sites("rollup_events"), ["shop", "starred"]);
+        assert!(sites("rollup_pages").is_empty() && sites("rollup_dropped").is_empty());
+    }
+
+    #[test]
+    fn the_outbox_keeps_its_rows_through_migration_4() {
+        let conn = at_version(3);
         conn.execute_batch(
             "INSERT INTO outbox VALUES (1, 'shop', 'ord_1', 'order.completed', 7, 8, \
              '2026-11-23 10:00:00', '2026-11-23 10:00:00', '2026-11-23 10:01:00', 3, 'parked', \

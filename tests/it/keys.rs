@@ -275,6 +275,43 @@ fn the_inspector_names_the_rule_for_each_copy() {
     assert_eq!(bad.status(), 400);
 }
 
+/// A secondary key may be any property name, `*` and `/` included: the
+/// inspector finds the kept row by the key's value (DuckDB read the path
+/// `$."*"` as a wildcard and failed the lookup).
+#[test]
+fn the_inspector_finds_the_kept_row_through_a_key_of_any_name() {
+    for property in ["*", "a/b~c"] {
+        let app = spawn_app();
+        app.set(|s| {
+            s.secondary_keys
+                .insert("order.completed".into(), property.into());
+        });
+        let order = "order.completed";
+        send(
+            &app,
+            &step(
+                Via::Server,
+                "ord_7",
+                order,
+                json!({property: "7", "total": 3}),
+            ),
+        );
+        send(
+            &app,
+            &step(Via::Pixel, "evt_b2", order, json!({property: "7"})),
+        );
+        let site = app.app.site("shop").unwrap();
+        let conn = app.app.store.connect().unwrap();
+        let found = tally::store::inspect::lookup(&conn, &site, "evt_b2", None)
+            .unwrap_or_else(|e| panic!("{property:?}: {e}"));
+        let kept: Vec<&str> = found.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(kept, ["ord_7"], "{property:?}: {found:#?}");
+        let copies = &found.events[0].copies;
+        assert_eq!(copies.len(), 2, "{property:?}: {found:#?}");
+        assert_eq!(copies[1].rule.as_deref(), Some("secondary_key"));
+    }
+}
+
 #[test]
 fn the_inspector_shows_a_new_window_and_import_history() {
     let app = spawn_app();
