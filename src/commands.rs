@@ -844,7 +844,7 @@ fn read_password() -> Result<String> {
 
 /// An Argon2id PHC string for `password`.
 fn hash_password(password: &str) -> Result<String> {
-    crate::domain::password::hash(password).map_err(anyhow::Error::msg)
+    Ok(crate::domain::password::hash(password)?)
 }
 
 #[cfg(test)]

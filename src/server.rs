@@ -49,7 +49,7 @@ fn ensure_password(app: &App) -> Result<()> {
     let conn = app.store.connect()?;
     if crate::store::settings::get(&conn, control::PASSWORD_KEY)?.is_none() {
         let password = crate::domain::site::new_salt()[..20].to_owned();
-        let hash = crate::domain::password::hash(&password).map_err(anyhow::Error::msg)?;
+        let hash = crate::domain::password::hash(&password)?;
         crate::store::settings::set(&conn, control::PASSWORD_KEY, &hash)?;
         tracing::warn!(
             "no dashboard password was set; generated one (shown only now): {password} \
