@@ -8,7 +8,9 @@
 //! A copy is a duplicate when its id key, or else its secondary key, is
 //! live: first among this group's new rows, then in the index. Copies of a
 //! new row of this group fold into that row in memory; copies of a stored
-//! row gather in a [`Touch`] per key they reached it by.
+//! row gather in a [`Touch`] per key they reached it by, and the touches of
+//! a row reached by both its keys are made one ([`coalesce`]) so that its
+//! copies fold in arrival order.
 
 use super::props::{Incoming, Object, PropState, MAX_MERGES};
 use super::{judge, Copy, Entry, KeyIndex, Resolution, Verdict};
@@ -406,6 +408,33 @@ impl Group {
             .count() as u64;
         (accepted, range.len() as u64 - accepted)
     }
+}
+
+/// Makes one touch of the touches that read one stored row (having reached
+/// it by its id key and by its secondary key): the first of them, holding
+/// all their copies in arrival order, so that each fills in or replaces in
+/// the order it came. `read` pairs each touch with the row read for it;
+/// touches whose row is gone stay as they are.
+pub fn coalesce(read: Vec<(Touch, Option<StoredRow>)>) -> Vec<(Touch, Option<StoredRow>)> {
+    let mut out: Vec<(Touch, Option<StoredRow>)> = Vec::with_capacity(read.len());
+    let mut row_at: HashMap<(KeyHash, u32), usize> = HashMap::new();
+    for (touch, stored) in read {
+        let row = stored.as_ref().map(|s| (s.key, touch.entry.first_seen));
+        match row.and_then(|r| row_at.get(&r).copied()) {
+            Some(i) => {
+                let first = &mut out[i].0;
+                first.copies.extend(touch.copies);
+                first.copies.sort_by_key(|p| p.decision);
+            }
+            None => {
+                if let Some(r) = row {
+                    row_at.insert(r, out.len());
+                }
+                out.push((touch, stored));
+            }
+        }
+    }
+    out
 }
 
 impl Touch {

@@ -17,6 +17,6 @@ pub mod props;
 mod verdict;
 
 pub use copy::{Copy, Secondary};
-pub use group::{Decision, Group, Outcome, Touch};
+pub use group::{coalesce, Decision, Group, Outcome, Touch};
 pub use index::{Entry, KeyIndex, FINGERPRINT_BITS, SHARDS};
 pub use verdict::{judge, Resolution, Verdict};

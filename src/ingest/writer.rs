@@ -11,7 +11,7 @@
 //! live ones and never write.
 
 use super::{FeedItem, History, IngestError, Job, Mode, Outcome, Quotas, Reply};
-use crate::dedup::{Entry, Group, KeyIndex, Touch};
+use crate::dedup::{coalesce, Entry, Group, KeyIndex, Touch};
 use crate::domain::row::RowUpdate;
 use crate::domain::{Clock, KeyHash, Site, Source};
 use crate::metrics::{Fate, Metrics};
@@ -147,8 +147,6 @@ impl Writer {
                 let range = decide_job(conn, &self.index, &mut group, copies)?;
                 replies.push((reply, range));
             }
-            // Each update is written before the next touch reads: two keys
-            // of one row (id and secondary) may both reach it in a group.
             let entries =
                 resolve_touches(conn, &mut group, now_micros, |u| events::update(conn, u))?;
             // Before the events' appenders: measured, a statement right
@@ -378,6 +376,11 @@ impl Job {
 /// Reads the stored rows the group's touches need, works out their changes
 /// and hands each to `write`; the dropped copies join the group's. Returns
 /// the index entries to refresh after the commit.
+///
+/// Touches that need no read change no content, only the sources seen, so
+/// they go first and the rows read next include what they wrote. A row
+/// reached by both its keys is read by two touches: [`coalesce`] makes them
+/// one, so every row read has one touch and is written once.
 fn resolve_touches(
     conn: &Connection,
     group: &mut Group,
@@ -386,20 +389,30 @@ fn resolve_touches(
 ) -> Result<Vec<(KeyHash, Entry)>> {
     group.finish_rows();
     let now = now_micros.div_euclid(1_000_000) as u32;
+    let (read, unread): (Vec<Touch>, Vec<Touch>) = group
+        .take_touches()
+        .into_iter()
+        .partition(|t| t.needs_read(now));
     let mut entries = Vec::new();
-    let touches: Vec<Touch> = group.take_touches();
-    for t in touches {
-        let stored = if t.needs_read(now) {
-            events::load_kept(conn, t.addr, t.entry.first_seen)?
-        } else {
-            None
-        };
+    let mut apply = |group: &mut Group, t: Touch, stored| -> Result<()> {
         let (mut resolved, decisions) = t.resolve(stored, now_micros, &group.decisions);
         if let Some(u) = &resolved.update {
             write(u)?;
         }
         group.absorb(&mut resolved, decisions);
         entries.append(&mut resolved.entries);
+        Ok(())
+    };
+    for t in unread {
+        apply(group, t, None)?;
+    }
+    let mut stored = Vec::with_capacity(read.len());
+    for t in read {
+        let row = events::load_kept(conn, t.addr, t.entry.first_seen)?;
+        stored.push((t, row));
+    }
+    for (t, row) in coalesce(stored) {
+        apply(group, t, row)?;
     }
     Ok(entries)
 }

@@ -275,6 +275,44 @@ fn the_inspector_names_the_rule_for_each_copy() {
     assert_eq!(bad.status(), 400);
 }
 
+/// One batch reaches a stored order by its id and by its order id, the
+/// copies interleaved: they fill in the kept row in the order they came
+/// (the copy with the other id first), not grouped by the key each matched.
+/// Found by the model test at 400 cases.
+#[test]
+fn copies_reaching_one_row_by_both_keys_in_one_batch_fill_it_in_arrival_order() {
+    let app = spawn_app();
+    with_order_key(&app);
+    let order = "order.completed";
+    let first = app.post_events(
+        json!([{"event_id": "ord_9", "event_name": order, "properties": {"order_id": "9"}}]),
+    );
+    assert_eq!(first.status(), 200);
+    app.clock.advance_secs(5);
+    let batch = app.post_events(json!([
+        {"event_id": "ord_9", "event_name": order},
+        {"event_id": "evt_c3", "event_name": order, "properties": {"order_id": "9", "coupon": "FIRST"}},
+        {"event_id": "ord_9", "event_name": order, "properties": {"coupon": "LATER", "total": 5}},
+    ]));
+    assert_eq!(batch.status(), 200);
+    let kept = app.query("SELECT event_id, properties FROM events");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0][0], "ord_9");
+    let props: Value = serde_json::from_str(kept[0][1].as_str().unwrap()).unwrap();
+    assert_eq!(
+        props,
+        json!({"order_id": "9", "coupon": "FIRST", "total": 5})
+    );
+    assert_eq!(
+        app.query("SELECT event_id, rule, filled FROM duplicates ORDER BY event_id DESC, filled NULLS FIRST"),
+        vec![
+            vec![json!("ord_9"), json!("same_key"), Value::Null],
+            vec![json!("ord_9"), json!("same_key"), json!(r#"{"total":5}"#)],
+            vec![json!("evt_c3"), json!("secondary_key"), json!(r#"{"coupon":"FIRST"}"#)],
+        ]
+    );
+}
+
 /// A secondary key may be any property name, `*` and `/` included: the
 /// inspector finds the kept row by the key's value (DuckDB read the path
 /// `$."*"` as a wildcard and failed the lookup).
