@@ -304,10 +304,13 @@ pub(crate) const SEEN: &str =
 /// Calls `f` for every event that arrived at or after `since_secs`.
 /// Reads the fingerprint columns and small computed integers in Arrow
 /// batches, never the key strings: this is what keeps a 10M-key restart
-/// within seconds.
+/// within seconds. The window start is the arrival's whole second, as the
+/// writer computes it: rows are found again by `received_at >= start`
+/// ([`load_kept`], [`update`]), so a start rounded up (DuckDB's `epoch_ms`
+/// rounds to the nearest millisecond) would lose every change to the row.
 pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(WindowRow)) -> Result<()> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT key_hash, key_hash2, (epoch_ms(received_at) // 1000)::UINTEGER, \
+        "SELECT key_hash, key_hash2, (epoch_us(received_at) // 1000000)::UINTEGER, \
          (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, {SEEN}, \
          coalesce(merges, 0)::UTINYINT, coalesce(fingerprint, 0)::UINTEGER, skey_hash, skey_hash2 \
          FROM events WHERE received_at >= ?"
@@ -413,4 +416,36 @@ pub fn counts_since(conn: &Connection, since_micros: i64) -> Result<Vec<(String,
         })?
         .collect::<duckdb::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An arrival in the last half millisecond of a second starts its
+    /// window in that second, so the row is found again after a restart.
+    #[test]
+    fn a_rebuilt_window_starts_in_the_second_of_the_arrival() {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&conn).unwrap();
+        let key = KeyHash::of(1, "order", "o1");
+        let arrival = 1_795_467_901_999_701;
+        conn.execute(
+            "INSERT INTO events (site, event_id, event_name, source, seen_pixel, seen_server, \
+             seen_import, occurred_at, received_at, key_hash, key_hash2) \
+             VALUES ('shop', 'o1', 'order', 'server', false, true, false, ?, ?, ?, ?)",
+            params![
+                timestamp(arrival),
+                timestamp(arrival),
+                key.low(),
+                key.high()
+            ],
+        )
+        .unwrap();
+        let mut starts = Vec::new();
+        scan_window(&conn, 0, |r| starts.push(r.start)).unwrap();
+        assert_eq!(starts, [1_795_467_901]);
+        let row = load_kept(&conn, key, starts[0]).unwrap();
+        assert_eq!(row.map(|r| r.event_id).as_deref(), Some("o1"));
+    }
 }
