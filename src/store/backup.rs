@@ -24,9 +24,8 @@ pub fn backup(conn: &Connection, out: &Path) -> Result<u64> {
         .to_str()
         .ok_or_else(|| StoreError::Invalid(format!("{} is not a UTF-8 path", out.display())))?;
     let name: String = conn.query_row("SELECT current_database()", [], |r| r.get(0))?;
-    let quoted = |s: &str| s.replace('\'', "''");
     let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    conn.execute_batch(&format!("ATTACH '{}' AS tally_backup", quoted(text)))?;
+    conn.execute_batch(&format!("ATTACH {} AS tally_backup", super::literal(text)))?;
     let copied = conn
         .execute_batch(&format!(
             "COPY FROM DATABASE {} TO tally_backup",

@@ -41,7 +41,7 @@ pub fn export(
         Format::Csv => (TABLE_COLUMNS, "FORMAT csv, HEADER true"),
         Format::Ndjson => (EVENT_SHAPE, "FORMAT json"),
     };
-    let mut filter = format!("site = {}", quote(site));
+    let mut filter = format!("site = {}", super::literal(site));
     if let Some(from) = from {
         filter += &format!(" AND occurred_at >= make_timestamp({from})");
     }
@@ -53,12 +53,7 @@ pub fn export(
         .ok_or_else(|| StoreError::Invalid(format!("{} is not a UTF-8 path", out.display())))?;
     let sql = format!(
         "COPY (SELECT {columns} FROM events WHERE {filter} ORDER BY occurred_at) TO {} ({options})",
-        quote(out)
+        super::literal(out)
     );
     Ok(conn.execute(&sql, [])? as u64)
-}
-
-/// A SQL string literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

@@ -140,6 +140,12 @@ pub fn transaction<T, E: From<duckdb::Error>>(
     result
 }
 
+/// `s` as a SQL string literal (quotes doubled), for SQL text that cannot
+/// take a parameter (paths DuckDB must see at bind time, `COPY`, `ATTACH`).
+pub(crate) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// Microseconds since the epoch as a DuckDB `TIMESTAMP` value.
 pub fn timestamp(micros: i64) -> duckdb::types::Value {
     duckdb::types::Value::Timestamp(duckdb::types::TimeUnit::Microsecond, micros)

@@ -112,15 +112,14 @@ pub fn append(conn: &Connection, rows: &[(u32, KeyHash, i64, i64)]) -> Result<()
 
 /// The SQL condition on `e.event_name` that [`Destination::wants`] is.
 fn wants_sql(d: &Destination) -> String {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     match &d.events {
-        None => format!("e.event_name <> {}", quote(PAGE_VIEW)),
+        None => format!("e.event_name <> {}", super::literal(PAGE_VIEW)),
         Some(names) if names.is_empty() => "false".to_owned(),
         Some(names) => format!(
             "e.event_name IN ({})",
             names
                 .iter()
-                .map(|n| quote(n))
+                .map(|n| super::literal(n))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

@@ -319,8 +319,7 @@ impl Money {
         let j = Self::ALIAS;
         let mut paths: Vec<String> = Vec::new();
         let mut path = |p: &str| {
-            let quoted = super::conversions::json_path(p).replace('\'', "''");
-            paths.push(format!("'{quoted}'"));
+            paths.push(super::literal(&super::conversions::json_path(p)));
             format!("{j}[{}]", paths.len())
         };
         let amounts: Vec<String> = properties
@@ -517,8 +516,8 @@ mod tests {
         let each: Vec<String> = properties
             .iter()
             .map(|p| {
-                let path = crate::store::conversions::json_path(p).replace('\'', "''");
-                format!("TRY_CAST(json_extract_string(properties, '{path}') AS DECIMAL(18,4))")
+                let path = crate::store::literal(&crate::store::conversions::json_path(p));
+                format!("TRY_CAST(json_extract_string(properties, {path}) AS DECIMAL(18,4))")
             })
             .collect();
         let currency = "CASE WHEN json_type(properties, '$.currency') = 'VARCHAR' \
