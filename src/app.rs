@@ -111,7 +111,7 @@ impl App {
 
     /// Stores a new dashboard password hash and ends every open session.
     pub fn set_password_hash(&self, hash: &str) -> Result<(), StoreError> {
-        store::settings::set(&self.store.connect()?, crate::control::PASSWORD_KEY, hash)?;
+        store::settings::set(&*self.store.connect()?, crate::control::PASSWORD_KEY, hash)?;
         self.password_epoch.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -125,7 +125,7 @@ impl App {
                 return Ok(salt.clone());
             }
         }
-        let salt = store::salts::for_day(&self.store.connect()?, day, site::new_salt)?;
+        let salt = store::salts::for_day(&*self.store.connect()?, day, site::new_salt)?;
         *cached = Some((day, salt.clone()));
         Ok(salt)
     }
@@ -185,7 +185,7 @@ impl App {
         let site = self.site(site_ref)?;
         let token = site::new_api_token();
         let hash = site::hash_token(&token);
-        store::sites::set_token_hash(&self.store.connect()?, site.id, &hash)?;
+        store::sites::set_token_hash(&*self.store.connect()?, site.id, &hash)?;
         let updated = Site {
             token_hash: hash,
             ..(*site).clone()

@@ -17,7 +17,7 @@ pub async fn run(
     app.ingest().context("cannot start the ingest writer")?;
     ensure_password(&app)?;
     crate::store::settings::set(
-        &app.store.connect()?,
+        &*app.store.connect()?,
         crate::store::settings::PUBLIC_URL_KEY,
         &app.config.public_url,
     )?;

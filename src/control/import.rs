@@ -19,7 +19,7 @@ use crate::domain::Site;
 use crate::domain::{Event, EventError, Source};
 use crate::ingest::{prepare, Answer, Ingest, IngestError, Mode};
 use crate::store::events::existing_keys;
-use duckdb::Connection;
+use crate::store::Conn;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -90,7 +90,7 @@ struct Feeder<'a> {
     app: &'a App,
     ingest: &'a Ingest,
     /// The import's own connection, for the history lookups.
-    conn: Connection,
+    conn: Conn,
     site: Arc<Site>,
     mode: Mode,
     pending: VecDeque<Answer>,

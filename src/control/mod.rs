@@ -177,17 +177,17 @@ pub fn execute_with_progress(
         } => {
             let site = app.site(&site)?;
             let found =
-                store::inspect::lookup(&app.store.connect()?, &site, &event_id, name.as_deref())?;
+                store::inspect::lookup(&*app.store.connect()?, &site, &event_id, name.as_deref())?;
             Ok(json!(found))
         }
         Request::NearMisses { site } => {
             let site = app.site(&site)?;
             let since = app.clock.now_micros() - i64::from(site.settings.window_secs) * 1_000_000;
-            let report = store::stats::near_misses(&app.store.connect()?, &site.name, since)?;
+            let report = store::stats::near_misses(&*app.store.connect()?, &site.name, since)?;
             Ok(json!(report))
         }
         Request::Backup { out } => {
-            let events = store::backup::backup(&app.store.connect()?, &out)?;
+            let events = store::backup::backup(&*app.store.connect()?, &out)?;
             Ok(json!({"events": events, "path": out}))
         }
         Request::ForwardAdd { destination } => Ok(json!(forward::add(app, destination)?)),
@@ -206,7 +206,7 @@ pub fn execute_with_progress(
         } => {
             let site = app.site(&site)?;
             let rows =
-                store::export::export(&app.store.connect()?, &site.name, format, &out, from, to)?;
+                store::export::export(&*app.store.connect()?, &site.name, format, &out, from, to)?;
             Ok(json!({"rows": rows, "path": out}))
         }
     }

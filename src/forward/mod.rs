@@ -266,12 +266,11 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-/// The sender: its HTTP client and its own connection to the store (one,
-/// so its prepared statements are reused; it runs one query at a time).
+/// The sender: its HTTP client; it takes a connection to the store for
+/// each query, so an idle store can let its cache go (`store::CacheRelease`).
 struct Sender {
     app: Arc<App>,
     client: reqwest::Client,
-    conn: Arc<Mutex<duckdb::Connection>>,
 }
 
 /// What a page of a destination's outbox came to.
@@ -293,17 +292,16 @@ impl Sender {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let conn = Arc::new(Mutex::new(app.store.connect()?));
-        Ok(Sender { app, client, conn })
+        Ok(Sender { app, client })
     }
 
-    /// Runs `f` on the sender's connection, off the async threads.
+    /// Runs `f` on a connection of its own, off the async threads.
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&duckdb::Connection) -> crate::store::Result<T> + Send + 'static,
     ) -> crate::store::Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
+        let app = self.app.clone();
+        tokio::task::spawn_blocking(move || f(&*app.store.connect()?))
             .await
             .map_err(|e| {
                 crate::store::StoreError::Invalid(format!("forwarding's store task: {e}"))

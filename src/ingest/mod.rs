@@ -165,7 +165,7 @@ impl Ingest {
         metrics: Arc<Metrics>,
         destinations: Arc<crate::forward::Registry>,
     ) -> Result<Ingest, StoreError> {
-        let conn = store.connect()?;
+        let (conn, cache) = store.connect_writer()?;
         let max_window = sites
             .iter()
             .map(|s| s.settings.window_secs)
@@ -179,6 +179,7 @@ impl Ingest {
         let (feed, _) = broadcast::channel(1_024);
         let w = writer::Writer {
             conn,
+            cache,
             index,
             clock,
             metrics,

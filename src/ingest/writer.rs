@@ -18,7 +18,7 @@ use crate::metrics::{Fate, Metrics};
 use crate::store::events::{self, WindowRow};
 use crate::store::outbox;
 use crate::store::sql::format_timestamp;
-use crate::store::{transaction, Result};
+use crate::store::{transaction, CacheRelease, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duckdb::Connection;
 use std::collections::HashMap;
@@ -33,7 +33,8 @@ const GROUP_EVENTS: usize = 8_192;
 
 /// After this long without requests, the writer checkpoints what it wrote,
 /// so an idle appliance keeps a short WAL (a large WAL is fine under load:
-/// see `checkpoint_threshold` in `store`).
+/// see `checkpoint_threshold` in `store`), then lets DuckDB's block cache
+/// go as soon as nothing else reads ([`CacheRelease`]).
 const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the writer waits for more requests to join a group once it has
@@ -65,6 +66,8 @@ pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
 
 pub(super) struct Writer {
     pub conn: Connection,
+    /// Lets DuckDB's block cache go once the writer has checkpointed idle.
+    pub cache: CacheRelease,
     pub index: KeyIndex,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
@@ -80,13 +83,17 @@ pub(super) struct Writer {
 
 impl Writer {
     pub fn run(mut self, rx: Receiver<Job>) {
-        let mut dirty = false;
+        let (mut dirty, mut cached) = (false, false);
         loop {
             let first = match rx.recv_timeout(IDLE_CHECKPOINT) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
                     if std::mem::take(&mut dirty) {
                         self.checkpoint();
+                        cached = true;
+                    }
+                    if cached {
+                        cached = !self.release_cache();
                     }
                     continue;
                 }
@@ -132,6 +139,25 @@ impl Writer {
         match self.conn.execute_batch("CHECKPOINT") {
             Ok(()) => tracing::debug!(ms = started.elapsed().as_millis() as u64, "idle checkpoint"),
             Err(e) => tracing::warn!(error = %e, "idle checkpoint failed"),
+        }
+    }
+
+    /// Lets DuckDB's block cache go unless the store is in use; whether
+    /// that is done (a failure is logged and counts as done).
+    fn release_cache(&self) -> bool {
+        let started = Instant::now();
+        match self.cache.release(&self.conn) {
+            Ok(released) => {
+                if released {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(ms, "idle: DuckDB's block cache let go");
+                }
+                released
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "letting DuckDB's block cache go failed");
+                true
+            }
         }
     }
 

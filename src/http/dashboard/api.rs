@@ -161,7 +161,7 @@ pub async fn near_misses(
     let site = q.site(&app)?;
     let since = app.clock.now_micros() - i64::from(site.settings.window_secs) * 1_000_000;
     let report = web::block(move || {
-        crate::store::stats::near_misses(&app.store.connect()?, &site.name, since)
+        crate::store::stats::near_misses(&*app.store.connect()?, &site.name, since)
     })
     .await??;
     Ok(HttpResponse::Ok().json(report))

@@ -152,11 +152,12 @@ impl Auth {
         attempt: Attempt,
         password: &str,
     ) -> Result<(Cookie<'static>, String), ApiError> {
-        let hash = store::settings::get(&app.store.connect()?, PASSWORD_KEY)?.ok_or_else(|| {
-            ApiError::Unauthorized(
-                "no dashboard password is set; run `tally admin set-password`".into(),
-            )
-        })?;
+        let hash =
+            store::settings::get(&*app.store.connect()?, PASSWORD_KEY)?.ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "no dashboard password is set; run `tally admin set-password`".into(),
+                )
+            })?;
         let parsed = PasswordHash::new(&hash)
             .map_err(|e| ApiError::Internal(format!("stored password hash: {e}")))?;
         if Argon2::default()
