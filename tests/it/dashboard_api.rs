@@ -469,6 +469,67 @@ fn filters_narrow_every_card() {
 }
 
 #[test]
+fn a_page_filter_counts_dropped_copies_in_the_period_and_the_last_day() {
+    let app = spawn_app();
+    let order = |id: &str, page: &str, referrer: Option<&str>| {
+        let mut e = event(id, "order.completed");
+        e["url"] = json!(format!("{ORIGIN}{page}"));
+        if let Some(r) = referrer {
+            e["referrer"] = json!(r);
+        }
+        e
+    };
+    let hour = 3_600_000_000;
+    let start = app.clock.now_micros();
+    app.send(json!([
+        order("a", "/thanks", None),
+        order("c", "/other", None)
+    ]));
+    app.clock.set_micros(start + hour);
+    app.send(json!([
+        event("a", "order.completed"),
+        event("c", "order.completed")
+    ]));
+    app.clock.set_micros(start + 72 * hour);
+    let b = order("b", "/thanks", Some("https://ref.example/"));
+    app.send(json!([b.clone()]));
+    app.clock.set_micros(start + 73 * hour);
+    app.send(json!([b]));
+
+    let s = Session::open(&app);
+    let dropped = |filter: &str| {
+        let summary = s.get(&format!("/api/summary?site=shop&range=30d&{filter}"));
+        (
+            summary["duplicates"].clone(),
+            summary["duplicates_24h"].clone(),
+        )
+    };
+    let thanks = format!("page={ORIGIN}/thanks");
+    assert_eq!(
+        dropped(&thanks),
+        (json!(2), json!(1)),
+        "a's copy, 3 days old, and b's"
+    );
+    assert_eq!(
+        dropped(&format!("page={ORIGIN}/other")),
+        (json!(1), json!(0))
+    );
+    assert_eq!(
+        dropped("referrer=https://ref.example/"),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        dropped(&format!("{thanks}&source=server")),
+        (json!(2), json!(1))
+    );
+    assert_eq!(
+        dropped(""),
+        (json!(3), json!(1)),
+        "the same counts through the rollup path"
+    );
+}
+
+#[test]
 fn days_and_buckets_follow_the_site_time_zone_across_dst() {
     let app = spawn_app();
     let noon = chrono::DateTime::parse_from_rfc3339("2026-11-03T12:00:00-08:00").unwrap();
