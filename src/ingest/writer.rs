@@ -18,7 +18,7 @@ use crate::metrics::{Fate, Metrics};
 use crate::store::events::{self, WindowRow};
 use crate::store::outbox;
 use crate::store::sql::format_timestamp;
-use crate::store::{transaction, CacheRelease, Result};
+use crate::store::{transaction, CacheRelease, Released, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duckdb::Connection;
 use std::collections::HashMap;
@@ -33,8 +33,9 @@ const GROUP_EVENTS: usize = 8_192;
 
 /// After this long without requests, the writer checkpoints what it wrote,
 /// so an idle appliance keeps a short WAL (a large WAL is fine under load:
-/// see `checkpoint_threshold` in `store`), then lets DuckDB's block cache
-/// go as soon as nothing else reads ([`CacheRelease`]).
+/// see `checkpoint_threshold` in `store`); then, and every this long while
+/// idle, it lets DuckDB's block cache go if it grew by 8 MB since the last
+/// time and no other connection is open ([`CacheRelease`]).
 const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the writer waits for more requests to join a group once it has
@@ -83,18 +84,15 @@ pub(super) struct Writer {
 
 impl Writer {
     pub fn run(mut self, rx: Receiver<Job>) {
-        let (mut dirty, mut cached) = (false, false);
+        let mut dirty = false;
         loop {
             let first = match rx.recv_timeout(IDLE_CHECKPOINT) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
                     if std::mem::take(&mut dirty) {
                         self.checkpoint();
-                        cached = true;
                     }
-                    if cached {
-                        cached = !self.release_cache();
-                    }
+                    self.release_cache();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -142,22 +140,17 @@ impl Writer {
         }
     }
 
-    /// Lets DuckDB's block cache go unless the store is in use; whether
-    /// that is done (a failure is logged and counts as done).
-    fn release_cache(&self) -> bool {
+    /// Lets DuckDB's block cache go if it grew and no other connection is
+    /// open; a failure is logged.
+    fn release_cache(&mut self) {
         let started = Instant::now();
         match self.cache.release(&self.conn) {
-            Ok(released) => {
-                if released {
-                    let ms = started.elapsed().as_millis() as u64;
-                    tracing::debug!(ms, "idle: DuckDB's block cache let go");
-                }
-                released
+            Ok(Released::Done) => {
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(ms, "idle: DuckDB's block cache let go");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "letting DuckDB's block cache go failed");
-                true
-            }
+            Ok(Released::Unneeded | Released::Busy) => {}
+            Err(e) => tracing::warn!(error = %e, "letting DuckDB's block cache go failed"),
         }
     }
 

@@ -73,7 +73,7 @@ pub struct Store {
     root: Mutex<Connection>,
     path: PathBuf,
     /// How many [`Conn`]s are open: the cache is let go only at zero.
-    in_use: Arc<Mutex<usize>>,
+    open: Arc<Mutex<usize>>,
     /// DuckDB's memory limit as it reads when nobody has set it.
     default_limit: String,
 }
@@ -107,7 +107,7 @@ impl Store {
             default_limit: memory_limit(&conn)?,
             root: Mutex::new(conn),
             path: path.to_owned(),
-            in_use: Arc::default(),
+            open: Arc::default(),
         })
     }
 
@@ -115,10 +115,10 @@ impl Store {
     /// store counts it as in use until it is dropped.
     pub fn connect(&self) -> Result<Conn> {
         let conn = self.clone_root()?;
-        *lock(&self.in_use) += 1;
+        *lock(&self.open) += 1;
         Ok(Conn {
             conn,
-            in_use: self.in_use.clone(),
+            _open: Open(self.open.clone()),
         })
     }
 
@@ -126,8 +126,9 @@ impl Store {
     /// means to let DuckDB's block cache go when the writer is idle.
     pub fn connect_writer(&self) -> Result<(Connection, CacheRelease)> {
         let release = CacheRelease {
-            in_use: self.in_use.clone(),
+            open: self.open.clone(),
             default_limit: self.default_limit.clone(),
+            floor: 0,
         };
         Ok((self.clone_root()?, release))
     }
@@ -155,8 +156,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A connection from [`Store::connect`]: a [`Connection`] that counts as
 /// the store in use while it lives.
 pub struct Conn {
+    // Fields drop in order: the connection closes (rolling back whatever
+    // a panic left open) before it stops counting as open.
     conn: Connection,
-    in_use: Arc<Mutex<usize>>,
+    _open: Open,
 }
 
 impl std::ops::Deref for Conn {
@@ -167,42 +170,83 @@ impl std::ops::Deref for Conn {
     }
 }
 
-impl Drop for Conn {
+/// Counts one [`Conn`] open until dropped.
+struct Open(Arc<Mutex<usize>>);
+
+impl Drop for Open {
     fn drop(&mut self) {
-        *lock(&self.in_use) -= 1;
+        *lock(&self.0) -= 1;
     }
 }
 
 /// Lets go of DuckDB's cache of blocks (what it read or wrote, kept until
-/// memory runs short), so an idle server gives that memory back: after a
-/// load, 110 → 93 MB; on a 100 M-event store, 569 → ~250 MB (BENCHMARKS).
+/// memory runs short), so an idle server gives that memory back: ~16 MB
+/// after a pixel load, ~300 MB on a 100 M-event store (BENCHMARKS).
 /// DuckDB has no call for it but lowering its memory limit, which would
 /// fail a query running meanwhile, so it is done only while no [`Conn`] is
 /// open, and no [`Conn`] opens until the limit is back.
 pub struct CacheRelease {
-    in_use: Arc<Mutex<usize>>,
+    open: Arc<Mutex<usize>>,
     default_limit: String,
+    /// What DuckDB held right after the last release.
+    floor: i64,
+}
+
+/// What [`CacheRelease::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Let the cache go.
+    Done,
+    /// Nothing to do: the cache grew by less than [`CacheRelease::SLACK`]
+    /// since the last release, or a memory limit set by hand is left alone.
+    Unneeded,
+    /// A connection is open: try again later.
+    Busy,
 }
 
 impl CacheRelease {
-    /// Lets the cache go through `conn` (the writer's) unless the store is
-    /// in use; `false` when it was (try again later). A memory limit set
-    /// with `tally sql --write` is left alone, and with it the cache: DuckDB
-    /// shows a limit rounded, so it could not be set back exactly.
-    pub fn release(&self, conn: &Connection) -> Result<bool> {
-        let in_use = lock(&self.in_use);
-        if *in_use > 0 {
-            return Ok(false);
+    /// Growth of the cache worth letting go.
+    pub const SLACK: i64 = 8 << 20;
+
+    /// Lets the cache go through `conn` (the writer's) if it grew by
+    /// [`Self::SLACK`] since the last release and no [`Conn`] is open. A
+    /// memory limit set with `tally sql --write` is left alone, and with it
+    /// the cache: DuckDB shows a limit rounded, so it could not be set back
+    /// exactly.
+    pub fn release(&mut self, conn: &Connection) -> Result<Released> {
+        let open = lock(&self.open);
+        if *open > 0 {
+            return Ok(Released::Busy);
         }
-        if memory_limit(conn)? == self.default_limit {
-            // DuckDB evicts what it can before it refuses a limit below
-            // what is pinned, so the refusal is not an error here.
-            let _ = conn.execute_batch("SET memory_limit = '1MB'");
-            conn.execute_batch("RESET memory_limit")?;
+        if cached_bytes(conn)? < self.floor + Self::SLACK
+            || memory_limit(conn)? != self.default_limit
+        {
+            return Ok(Released::Unneeded);
         }
-        drop(in_use);
-        Ok(true)
+        // DuckDB evicts what it can before it refuses a limit below what
+        // is pinned (an "Out of Memory" error), so that refusal is no
+        // failure here; the limit must come back whatever happened.
+        let lowered = conn.execute_batch("SET memory_limit = '1MB'");
+        if let Err(e) = conn.execute_batch("RESET memory_limit") {
+            let default = format!("SET memory_limit = {}", literal(&self.default_limit));
+            conn.execute_batch(&default)?;
+            return Err(e.into());
+        }
+        if let Err(e) = lowered {
+            if !e.to_string().contains("memory limit") {
+                return Err(e.into());
+            }
+        }
+        self.floor = cached_bytes(conn)?;
+        drop(open);
+        Ok(Released::Done)
     }
+}
+
+/// The bytes DuckDB's buffer manager holds.
+fn cached_bytes(conn: &Connection) -> Result<i64> {
+    let sql = "SELECT coalesce(sum(memory_usage_bytes), 0)::BIGINT FROM duckdb_memory()";
+    Ok(conn.query_row(sql, [], |r| r.get(0))?)
 }
 
 /// DuckDB's memory limit as it reads (`18.7 GiB`).
@@ -245,16 +289,11 @@ pub fn timestamp(micros: i64) -> duckdb::types::Value {
 mod tests {
     use super::*;
 
-    fn cached_bytes(conn: &Connection) -> i64 {
-        let sql = "SELECT sum(memory_usage_bytes)::BIGINT FROM duckdb_memory()";
-        conn.query_row(sql, [], |r| r.get(0)).unwrap()
-    }
-
     #[test]
-    fn the_cache_is_let_go_only_while_no_connection_is_in_use() {
+    fn the_cache_is_let_go_once_it_grew_and_no_connection_is_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.duckdb")).unwrap();
-        let (writer, cache) = store.connect_writer().unwrap();
+        let (writer, mut cache) = store.connect_writer().unwrap();
         writer
             .execute_batch(
                 "CREATE TABLE t AS SELECT range AS n, md5(range::VARCHAR) AS s FROM range(2000000);
@@ -268,22 +307,29 @@ mod tests {
             .query_row("SELECT count(DISTINCT s) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2_000_000);
-        let loaded = cached_bytes(&writer);
+        let loaded = cached_bytes(&writer).unwrap();
         assert!(loaded > 16 << 20, "the scan left {loaded} bytes cached");
 
-        assert!(!cache.release(&writer).unwrap(), "a reader is open");
-        assert_eq!(cached_bytes(&writer), loaded);
+        assert_eq!(cache.release(&writer).unwrap(), Released::Busy);
+        assert_eq!(cached_bytes(&writer).unwrap(), loaded);
 
         drop(reader);
-        assert!(cache.release(&writer).unwrap());
-        let left = cached_bytes(&writer);
+        assert_eq!(cache.release(&writer).unwrap(), Released::Done);
+        let left = cached_bytes(&writer).unwrap();
         assert!(left < loaded / 4, "{left} of {loaded} bytes still cached");
         assert_eq!(limit(&writer), before, "the memory limit is back");
         let reader = store.connect().unwrap();
         let n: i64 = reader
-            .query_row("SELECT count(*) FROM t WHERE s > 'f'", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM t WHERE n < 1000", [], |r| r.get(0))
             .unwrap();
         assert!(n > 0, "the store reads on after the release");
+        drop(reader);
+        assert_eq!(
+            cache.release(&writer).unwrap(),
+            Released::Unneeded,
+            "a read of one row group leaves less than the slack"
+        );
+        let reader = store.connect().unwrap();
 
         // A limit the user set is kept, and the cache with it.
         let _ = reader.query_row("SELECT count(DISTINCT s) FROM t", [], |r| {
@@ -291,9 +337,10 @@ mod tests {
         });
         drop(reader);
         writer.execute_batch("SET memory_limit = '3GB'").unwrap();
-        let (set, loaded) = (limit(&writer), cached_bytes(&writer));
-        assert!(cache.release(&writer).unwrap());
+        let (set, loaded) = (limit(&writer), cached_bytes(&writer).unwrap());
+        assert!(loaded > CacheRelease::SLACK);
+        assert_eq!(cache.release(&writer).unwrap(), Released::Unneeded);
         assert_eq!(limit(&writer), set);
-        assert_eq!(cached_bytes(&writer), loaded);
+        assert_eq!(cached_bytes(&writer).unwrap(), loaded);
     }
 }
