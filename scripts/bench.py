@@ -12,6 +12,7 @@
     scripts/bench.py attack     [--seconds 15] [--runs 3]      # ingest while pixel copies of one event pile 12 KB properties on it
     scripts/bench.py fixedrate  [--rate 20000] [--seconds 30]   # /v1/pixel at a constant rate, latency corrected for coordinated omission
     scripts/bench.py keys       [--seconds 15] [--runs 3]      # ingest without vs with a secondary key; index bytes a key
+    scripts/bench.py deliver    [--events 3000] [--runs 3]     # webhook deliveries/s to a local receiver that answers 200
 
 Builds nothing: run `cargo build --release --examples` first (target dir from
 CARGO_TARGET_DIR, default ~/.cache/tally/target).
@@ -535,6 +536,53 @@ def bench_dropin(a):
               f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms")
 
 
+def bench_deliver(a):
+    """Orders sent to a server with one webhook destination, a local
+    receiver answering 200 to each; the time until every one arrived."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    got, lock = [0], threading.Lock()
+
+    class Hook(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with lock:
+                got[0] += 1
+            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    rates = []
+    for run in range(a.runs):
+        hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=hook.serve_forever, daemon=True).start()
+        got[0] = 0
+        d = tempfile.mkdtemp()
+        token = add_site(d)
+        subprocess.run([TALLY, "forward", "add", "shop", "--webhook", f"http://127.0.0.1:{hook.server_port}/hook",
+                        "--data-dir", d], check=True, capture_output=True)
+        proc, base = serve(d)
+        wait_healthy(base)
+        t0 = time.perf_counter()
+        for k in range(0, a.events, 500):
+            events = [{"event_id": f"o{i}", "event_name": "order.completed", "properties": {"value": i}}
+                      for i in range(k, min(a.events, k + 500))]
+            urllib.request.urlopen(urllib.request.Request(
+                base + "/v1/events", data=json.dumps({"events": events}).encode(),
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})).read()
+        while got[0] < a.events and time.perf_counter() - t0 < 600:
+            time.sleep(0.05)
+        secs = time.perf_counter() - t0
+        proc.terminate(); proc.wait(); hook.shutdown(); shutil.rmtree(d)
+        if got[0] != a.events:
+            raise SystemExit(f"end check FAILED: {got[0]} of {a.events} delivered")
+        rates.append(a.events / secs)
+        print(f"run {run + 1}: {a.events:,} delivered in {secs:.1f} s = {rates[-1]:,.0f}/s", flush=True)
+    print(f"median {statistics.median(rates):,.0f} deliveries/s over {a.runs} runs")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -554,8 +602,9 @@ def main():
     k = sub.add_parser("keys"); k.add_argument("--seconds", type=int, default=15); k.add_argument("--threads", type=int, default=4); k.add_argument("--runs", type=int, default=3)
     dr = sub.add_parser("dropin"); dr.add_argument("--seconds", type=int, default=15); dr.add_argument("--threads", type=int, default=4)
     dr.add_argument("--batch", type=int, default=100); dr.add_argument("--runs", type=int, default=3)
+    dv = sub.add_parser("deliver"); dv.add_argument("--events", type=int, default=3000); dv.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    {"ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel, "attack": bench_attack, "fixedrate": bench_fixedrate}[a.cmd](a)
+    {"deliver": bench_deliver, "ingest": bench_ingest, "restart": bench_restart, "dashboard": bench_dashboard, "dropin": bench_dropin, "forward": bench_forward, "keys": bench_keys, "import": bench_import, "resend": bench_resend, "pixel": bench_pixel, "attack": bench_attack, "fixedrate": bench_fixedrate}[a.cmd](a)
 
 
 if __name__ == "__main__":
