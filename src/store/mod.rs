@@ -238,7 +238,6 @@ impl CacheRelease {
             }
         }
         self.floor = cached_bytes(conn)?;
-        drop(open);
         Ok(Released::Done)
     }
 }

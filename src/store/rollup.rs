@@ -370,7 +370,7 @@ impl Grain<'_> {
     /// How to select a raw `events` row, and the rollup table and columns
     /// that hold the same counts; no table when the filter needs raw rows.
     fn columns(&self, filter: &Filter) -> (RawSelect, Option<(&'static str, &'static str)>) {
-        let by_page = filter.page.is_some() || filter.referrer.is_some();
+        let by_page = filter.by_page();
         // occurred_at is never before 1970 (`Event::parse`), so `//` floors.
         let slot = format!("epoch_us(occurred_at) // {SLOT} * {SLOT} AS slot");
         let plain = |columns: String| RawSelect {
@@ -478,7 +478,7 @@ pub(crate) fn dropped_cells(scope: &Scope, horizon: i64) -> Where {
             )
     };
     let (a, b) = whole_slots(from, to);
-    if horizon <= 0 || a >= b || f.page.is_some() || f.referrer.is_some() {
+    if horizon <= 0 || a >= b || f.by_page() {
         return raw(from, to);
     }
     // Rollup slots [a, b) hold the copies that arrived in [a, min(b, h)).
