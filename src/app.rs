@@ -36,6 +36,9 @@ pub struct App {
     pub destinations: Arc<forward::Registry>,
     /// Forwarding's delivery counters.
     pub forward_stats: forward::Stats,
+    /// Opened by a CLI command while no server runs ([`App::open_local`]):
+    /// nothing but that command sends events to the writer.
+    pub local: bool,
 }
 
 /// A site just created: its one-time secret and the snippet for its pages.
@@ -76,6 +79,16 @@ impl App {
             password_epoch: Arc::default(),
             destinations,
             forward_stats: forward::Stats::default(),
+            local: false,
+        })
+    }
+
+    /// [`App::open`] for one CLI command run on the file while no server
+    /// runs (DuckDB's lock on the file keeps a server from starting).
+    pub fn open_local(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+        Ok(App {
+            local: true,
+            ..Self::open(config, clock)?
         })
     }
 

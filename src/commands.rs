@@ -90,7 +90,7 @@ fn dispatch(config: &Config, request: Request) -> Result<Value> {
             bar.finish();
             return answer;
         }
-        match App::open(config.clone(), Arc::new(SystemClock)) {
+        match App::open_local(config.clone(), Arc::new(SystemClock)) {
             Ok(app) => {
                 let answer = control::execute_with_progress(&app, request, &mut progress);
                 bar.finish();

@@ -13,7 +13,7 @@
 //! copies fold in arrival order.
 
 use super::props::{Incoming, Object, PropState, MAX_MERGES};
-use super::{judge, Copy, Entry, KeyIndex, Resolution, Verdict};
+use super::{judge, Copy, Entry, History, KeyIndex, Resolution, Verdict};
 use crate::domain::money::revenue_of;
 use crate::domain::row::{Content, DroppedRow, EventRow, Matched, RowUpdate, Rule, StoredRow};
 use crate::domain::{Event, KeyHash, Site, Source};
@@ -131,10 +131,33 @@ impl Group {
 
     /// The entry of `key` if its window is open.
     fn live(&self, index: &KeyIndex, site: &Site, key: &KeyHash) -> Option<Entry> {
-        match judge(index.get(key), self.now(), site.settings.window_secs) {
+        self.open(index.get(key), site)
+    }
+
+    /// `entry` if its window is open.
+    fn open(&self, entry: Option<Entry>, site: &Site) -> Option<Entry> {
+        match judge(entry, self.now(), site.settings.window_secs) {
             Verdict::Duplicate(e) => Some(e),
             Verdict::New => None,
         }
+    }
+
+    /// The entry of `key` if its window is open, from the index or else
+    /// from what an import found in the store: a local import lets the index
+    /// forget its keys and looks every key up instead, so a key live in the
+    /// store may be missing from the index. The later window is the live one.
+    fn live_or_stored(
+        &self,
+        index: &KeyIndex,
+        history: &History,
+        site: &Site,
+        key: &KeyHash,
+    ) -> Option<Entry> {
+        let entry = match (index.get(key), history.get(key).copied()) {
+            (Some(a), Some(b)) => Some(if b.first_seen > a.first_seen { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        self.open(entry, site)
     }
 
     /// Whether `key` is live in this group or the index.
@@ -154,15 +177,16 @@ impl Group {
         keys
     }
 
-    /// Decides one copy; `history` holds keys an import found in the store
-    /// past the window, with the source kept there. Returns the copy's
-    /// index in [`Group::decisions`] (final once the touches are resolved).
+    /// Decides one copy; `history` holds what an import found in the store
+    /// of its keys: a row inside its window is live, one past it is history.
+    /// Returns the copy's index in [`Group::decisions`] (final once the
+    /// touches are resolved).
     pub fn decide(
         &mut self,
         index: &KeyIndex,
         site: &Arc<Site>,
         copy: Copy,
-        history: &HashMap<KeyHash, Source>,
+        history: &History,
     ) -> usize {
         let by_property = |c: &Copy| {
             let s = c.secondary.as_ref().expect("matched by its secondary key");
@@ -174,7 +198,7 @@ impl Group {
         if let Some(&i) = self.row_of.get(&copy.key) {
             return self.fold_new(i, site, copy, Rule::SameKey, Matched::EventId);
         }
-        if let Some(entry) = self.live(index, site, &copy.key) {
+        if let Some(entry) = self.live_or_stored(index, history, site, &copy.key) {
             return self.touch(copy.key, entry, site, copy, Rule::SameKey, Matched::EventId);
         }
         if let Some(skey) = copy.secondary.as_ref().map(|s| s.key) {
@@ -182,17 +206,17 @@ impl Group {
                 let m = by_property(&copy);
                 return self.fold_new(i, site, copy, Rule::SecondaryKey, m);
             }
-            if let Some(entry) = self.live(index, site, &skey) {
+            if let Some(entry) = self.live_or_stored(index, history, site, &skey) {
                 let m = by_property(&copy);
                 return self.touch(skey, entry, site, copy, Rule::SecondaryKey, m);
             }
         }
         let found = history
             .get(&copy.key)
-            .map(|s| (*s, Matched::EventId))
+            .map(|e| (e.kept(), Matched::EventId))
             .or_else(|| {
                 let s = copy.secondary.as_ref()?;
-                history.get(&s.key).map(|src| (*src, by_property(&copy)))
+                history.get(&s.key).map(|e| (e.kept(), by_property(&copy)))
             });
         if let Some((kept, matched)) = found {
             let (rule, key, value) = matched_parts(Rule::History, &matched);
@@ -702,5 +726,54 @@ fn dropped(
         filled,
         revenue,
         replaced_by: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SiteSettings;
+
+    /// A key the index let go (a long local import) is as live as the
+    /// row an import's lookup found for it while that row's window is
+    /// open, and history after; the later of two entries is the live one.
+    #[test]
+    fn a_stored_row_the_index_let_go_is_live_within_its_window_and_history_after() {
+        let site = Arc::new(Site {
+            id: 1,
+            name: "s".into(),
+            site_key: "k".into(),
+            token_hash: String::new(),
+            origins: vec![],
+            settings: SiteSettings::default(),
+        });
+        let window = site.settings.window_secs;
+        let copy = || {
+            let e = Event::parse(r#"{"event_id":"o1","event_name":"order"}"#, Source::Import);
+            Copy::prepare(&site, e.unwrap())
+        };
+        let now: u32 = 1_800_000_000;
+        let stored = |start: u32| Entry::new(start, Source::Server, Source::Server.bit(), 0, 0);
+        let decide = |index: &KeyIndex, found: Option<Entry>| {
+            let mut group = Group::new(i64::from(now) * 1_000_000);
+            let history: History = found.map(|e| (copy().key, e)).into_iter().collect();
+            let i = group.decide(index, &site, copy(), &history);
+            (group.decisions[i].clone(), group.touches.len())
+        };
+        let empty = KeyIndex::default();
+        let (d, touches) = decide(&empty, Some(stored(now - 60)));
+        assert_eq!(
+            (d.outcome, d.rule, touches),
+            (Outcome::Duplicate, Some(Rule::SameKey), 1)
+        );
+        let (d, touches) = decide(&empty, Some(stored(now - window - 1)));
+        assert_eq!((d.rule, touches), (Some(Rule::History), 0));
+        let (d, _) = decide(&empty, None);
+        assert_eq!(d.outcome, Outcome::Accepted);
+        // An expired entry in the index does not hide a later live row.
+        let mut index = KeyIndex::default();
+        index.insert(copy().key, stored(now - window - 1));
+        let (_, touches) = decide(&index, Some(stored(now - 60)));
+        assert_eq!(touches, 1);
     }
 }

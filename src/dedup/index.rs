@@ -65,6 +65,11 @@ impl Entry {
     }
 }
 
+/// What an import found in the store of its keys: each key's newest row,
+/// as the entry a rebuild would give it (live while its window is open,
+/// history after).
+pub type History = HashMap<KeyHash, Entry>;
+
 /// A hasher for keys that are already uniform: it passes 64 bits through.
 #[derive(Default)]
 pub struct PassThrough(u64);

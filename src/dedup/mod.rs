@@ -18,5 +18,5 @@ mod verdict;
 
 pub use copy::{Copy, Secondary};
 pub use group::{coalesce, Decision, Group, Outcome, Touch};
-pub use index::{Entry, KeyIndex, FINGERPRINT_BITS, SHARDS};
+pub use index::{Entry, History, KeyIndex, FINGERPRINT_BITS, SHARDS};
 pub use verdict::{judge, Resolution, Verdict};

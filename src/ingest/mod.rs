@@ -13,14 +13,14 @@
 mod quota;
 mod writer;
 
+pub use crate::dedup::History;
 pub use quota::{QuotaExceeded, Quotas};
 
 use crate::dedup::{Copy, Decision};
-use crate::domain::{Clock, Event, KeyHash, Site, Source};
+use crate::domain::{Clock, Event, KeyHash, Site};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crossbeam_channel::{bounded, Sender, TrySendError};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -63,10 +63,6 @@ impl Mode {
         matches!(self, Mode::Import | Mode::Test { history: true })
     }
 }
-
-/// Keys a backfill found in the store, however old, with the source of the
-/// copy kept there ([`crate::store::events::existing_keys`]).
-pub type History = HashMap<KeyHash, Source>;
 
 /// Why a request's events were not stored. Nothing of it was stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -139,6 +135,19 @@ impl Job {
     }
 }
 
+/// What `site`'s stored events hold of `keys`, for an import: each key's
+/// newest row as the index entry a rebuild would give it.
+pub fn look_up_history(
+    conn: &duckdb::Connection,
+    site: &str,
+    keys: &[KeyHash],
+) -> Result<History, StoreError> {
+    Ok(crate::store::events::existing_keys(conn, site, keys)?
+        .into_iter()
+        .map(|(k, row)| (k, writer::entry(&row)))
+        .collect())
+}
+
 /// The copies of `events`, their keys computed on the caller's thread (not
 /// the writer's).
 pub fn prepare(site: &Site, events: Vec<Event>) -> Vec<Copy> {
@@ -152,6 +161,8 @@ pub struct Ingest {
     healthy: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     feed: broadcast::Sender<Arc<FeedItem>>,
+    /// Set by [`Ingest::forget_keys`]; the writer empties its index.
+    forget: Arc<AtomicBool>,
     /// Per-site daily quotas.
     pub quotas: Arc<Quotas>,
 }
@@ -177,6 +188,7 @@ impl Ingest {
         let queued = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let (feed, _) = broadcast::channel(1_024);
+        let forget = Arc::new(AtomicBool::new(false));
         let w = writer::Writer {
             conn,
             cache,
@@ -189,6 +201,7 @@ impl Ingest {
             feed: feed.clone(),
             max_window,
             destinations,
+            forget: forget.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("tally-writer".into())
@@ -203,6 +216,7 @@ impl Ingest {
             healthy,
             thread: Mutex::new(Some(thread)),
             feed,
+            forget,
             quotas,
         })
     }
@@ -281,6 +295,15 @@ impl Ingest {
         };
         self.unless_sent(sent, n)?;
         Ok(rx)
+    }
+
+    /// Lets the writer's key index go before it decides its next job, so
+    /// that a long backfill's memory stays flat. Only for a local import (no
+    /// server runs, so nothing else sends) and only once every job it sent
+    /// is answered, so that the store holds all they wrote: each job after
+    /// it must carry the [`History`] of all its keys, looked up after that.
+    pub fn forget_keys(&self) {
+        self.forget.store(true, Ordering::SeqCst);
     }
 
     /// Blocking variant for the CLI (imports and their dry runs).

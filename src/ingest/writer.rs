@@ -48,7 +48,7 @@ pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
     let started = Instant::now();
     let mut index = KeyIndex::default();
     events::scan_window(conn, since_secs, |r: WindowRow| {
-        let entry = Entry::new(r.start, r.kept, r.seen, r.merges, r.fingerprint);
+        let entry = entry(&r);
         index.insert_latest(r.key, entry);
         if let Some(skey) = r.skey {
             index.insert_latest(skey, entry);
@@ -63,6 +63,11 @@ pub fn rebuild_index(conn: &Connection, since_secs: i64) -> Result<KeyIndex> {
         "dedup index rebuilt"
     );
     Ok(index)
+}
+
+/// The index entry of a stored row.
+pub(super) fn entry(r: &WindowRow) -> Entry {
+    Entry::new(r.start, r.kept, r.seen, r.merges, r.fingerprint)
 }
 
 pub(super) struct Writer {
@@ -80,6 +85,8 @@ pub(super) struct Writer {
     pub max_window: u32,
     /// Forwarding destinations: the outbox records the new events each wants.
     pub destinations: Arc<crate::forward::Registry>,
+    /// Set when a local import wants the index emptied ([`super::Ingest::forget_keys`]).
+    pub forget: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -109,6 +116,9 @@ impl Writer {
                     }
                     Err(_) => break,
                 }
+            }
+            if self.forget.swap(false, Ordering::SeqCst) {
+                self.index = KeyIndex::default();
             }
             let waited = jobs[0].queued_at.elapsed().as_micros() as u64;
             for job in &jobs {
@@ -351,7 +361,7 @@ fn decide_job(
                 .iter()
                 .flat_map(|c| group.history_keys(index, &job.site, c))
                 .collect();
-            Arc::new(events::existing_keys(conn, &job.site.name, &fresh)?)
+            Arc::new(super::look_up_history(conn, &job.site.name, &fresh)?)
         }
         None => Arc::default(),
     };

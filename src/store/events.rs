@@ -308,14 +308,30 @@ pub(crate) const SEEN: &str =
 /// writer computes it: rows are found again by `received_at >= start`
 /// ([`load_kept`], [`update`]), so a start rounded up (DuckDB's `epoch_ms`
 /// rounds to the nearest millisecond) would lose every change to the row.
-pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(WindowRow)) -> Result<()> {
+pub fn scan_window(conn: &Connection, since_secs: i64, f: impl FnMut(WindowRow)) -> Result<()> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT key_hash, key_hash2, (epoch_us(received_at) // 1000000)::UINTEGER, \
-         (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, {SEEN}, \
-         coalesce(merges, 0)::UTINYINT, coalesce(fingerprint, 0)::UINTEGER, skey_hash, skey_hash2 \
-         FROM events WHERE received_at >= ?"
+        "SELECT {} FROM events WHERE received_at >= ?",
+        window_columns()
     ))?;
-    for batch in stmt.query_arrow(params![timestamp(since_secs * 1_000_000)])? {
+    for_each_window_row(
+        stmt.query_arrow(params![timestamp(since_secs * 1_000_000)])?,
+        f,
+    );
+    Ok(())
+}
+
+/// The columns [`for_each_window_row`] reads, in its order.
+fn window_columns() -> String {
+    format!(
+        "key_hash, key_hash2, (epoch_us(received_at) // 1000000)::UINTEGER, \
+         (CASE source WHEN 'pixel' THEN 0 WHEN 'server' THEN 1 ELSE 2 END)::UTINYINT, {SEEN}, \
+         coalesce(merges, 0)::UTINYINT, coalesce(fingerprint, 0)::UINTEGER, skey_hash, skey_hash2"
+    )
+}
+
+/// Calls `f` for each row of Arrow batches selected with [`window_columns`].
+fn for_each_window_row(batches: impl Iterator<Item = RecordBatch>, mut f: impl FnMut(WindowRow)) {
+    for batch in batches {
         let low = column::<UInt64Array>(&batch, 0);
         let high = column::<UInt32Array>(&batch, 1);
         let start = column::<UInt32Array>(&batch, 2);
@@ -338,7 +354,6 @@ pub fn scan_window(conn: &Connection, since_secs: i64, mut f: impl FnMut(WindowR
             });
         }
     }
-    Ok(())
 }
 
 fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize) -> &T {
@@ -349,17 +364,18 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
         .expect("scan_window selects fixed column types")
 }
 
-/// Which of `keys` (id or secondary keys) have any row of `site` in
-/// `events`, however old (for `tally import`), with the source of the kept
-/// copy. One semi-join whatever the number of keys: they are appended to a
-/// connection-local temporary table, so a chunk of 100,000 lines costs one
-/// pass over the key columns rather than one per 2,000 keys.
+/// The newest row of `site` carrying each of `keys` (as its id or
+/// secondary key) in `events`, however old (for `tally import`): a row past
+/// its window is history, one inside it is as live as the writer's index
+/// entry for it. One semi-join whatever the number of keys: they are
+/// appended to a connection-local temporary table, so a chunk of 100,000
+/// lines costs one pass over the key columns rather than one per 2,000 keys.
 pub fn existing_keys(
     conn: &Connection,
     site: &str,
     keys: &[KeyHash],
-) -> Result<HashMap<KeyHash, Source>> {
-    let mut found = HashMap::new();
+) -> Result<HashMap<KeyHash, WindowRow>> {
+    let mut found: HashMap<KeyHash, WindowRow> = HashMap::new();
     if keys.is_empty() {
         return Ok(found);
     }
@@ -376,32 +392,27 @@ pub fn existing_keys(
         wanted.flush()?;
     }
     let wanted: std::collections::HashSet<KeyHash> = keys.iter().copied().collect();
-    let mut stmt = conn.prepare_cached(
-        "SELECT key_hash, key_hash2, skey_hash, skey_hash2, source FROM events \
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM events \
          WHERE site = ? AND (key_hash IN (SELECT k FROM wanted_keys) \
                              OR skey_hash IN (SELECT k FROM wanted_keys))",
-    )?;
-    let rows = stmt.query_map([site], |r| {
-        let source: String = r.get(4)?;
-        let skey: (Option<u64>, Option<u32>) = (r.get(2)?, r.get(3)?);
-        Ok((
-            KeyHash::from_parts(r.get(0)?, r.get(1)?),
-            match skey {
-                (Some(l), Some(h)) => Some(KeyHash::from_parts(l, h)),
-                _ => None,
-            },
-            Source::parse(&source).unwrap_or(Source::Import),
-        ))
-    })?;
-    for row in rows {
-        let (key, skey, source) = row?;
+        window_columns()
+    ))?;
+    for_each_window_row(stmt.query_arrow([site])?, |row| {
         // The join matched the low 64 bits; the whole fingerprint decides.
-        for k in std::iter::once(key).chain(skey) {
+        for k in std::iter::once(row.key).chain(row.skey) {
             if wanted.contains(&k) {
-                found.insert(k, source);
+                found
+                    .entry(k)
+                    .and_modify(|r| {
+                        if r.start < row.start {
+                            *r = row;
+                        }
+                    })
+                    .or_insert(row);
             }
         }
-    }
+    });
     conn.execute_batch("DELETE FROM wanted_keys")?;
     Ok(found)
 }

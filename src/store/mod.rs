@@ -122,6 +122,16 @@ impl Store {
         })
     }
 
+    /// Caps DuckDB's memory (its block cache and working memory) at
+    /// `limit`, e.g. `"512MB"`, for the rest of this process; what does not
+    /// fit spills to DuckDB's temporary files. The idle cache release then
+    /// leaves the cache alone (a limit set by hand).
+    pub fn limit_memory(&self, limit: &str) -> Result<()> {
+        let sql = format!("SET memory_limit = {}", literal(limit));
+        self.connect()?.execute_batch(&sql)?;
+        Ok(())
+    }
+
     /// The ingest writer's own connection, not counted as in use, and the
     /// means to let DuckDB's block cache go when the writer is idle.
     pub fn connect_writer(&self) -> Result<(Connection, CacheRelease)> {
