@@ -124,11 +124,8 @@ impl Feeder<'_> {
         // (a shorter window must not be judged with the old one).
         self.site = self.app.site(&self.site.name)?;
         let copies = prepare(&self.site, batch);
-        let keys: Vec<_> = copies
-            .iter()
-            .flat_map(|c| std::iter::once(c.key).chain(c.secondary.as_ref().map(|s| s.key)))
-            .collect();
-        let history = Arc::new(look_up_history(&self.conn, &self.site.name, &keys)?);
+        let keys = copies.len() + copies.iter().filter(|c| c.secondary.is_some()).count();
+        let history = Arc::new(look_up_history(&self.conn, &self.site.name, &copies)?);
         let mut copies = copies.into_iter().peekable();
         while copies.peek().is_some() {
             let chunk: Vec<_> = copies.by_ref().take(CHUNK).collect();
@@ -144,7 +141,7 @@ impl Feeder<'_> {
             self.pending.push_back(answer);
         }
         if let Some(sent) = self.since_forget.as_mut() {
-            *sent += keys.len();
+            *sent += keys;
             if *sent >= FORGET_AFTER {
                 *sent = 0;
                 while !self.pending.is_empty() {

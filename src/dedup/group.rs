@@ -165,16 +165,13 @@ impl Group {
         self.row_of.contains_key(key) || self.live(index, site, key).is_some()
     }
 
-    /// The keys of `copy` to look up in the store's history (imports): both
-    /// of its keys, unless one of them is live.
-    pub fn history_keys(&self, index: &KeyIndex, site: &Site, copy: &Copy) -> Vec<KeyHash> {
-        let keys: Vec<KeyHash> = std::iter::once(copy.key)
-            .chain(copy.secondary.as_ref().map(|s| s.key))
-            .collect();
-        if keys.iter().any(|k| self.is_live(index, site, k)) {
-            return Vec::new();
-        }
-        keys
+    /// Whether an import must look `copy`'s keys up in the store: unless
+    /// one of them is live.
+    pub fn needs_history(&self, index: &KeyIndex, site: &Site, copy: &Copy) -> bool {
+        let secondary = copy.secondary.as_ref().map(|s| s.key);
+        !std::iter::once(copy.key)
+            .chain(secondary)
+            .any(|k| self.is_live(index, site, &k))
     }
 
     /// Decides one copy; `history` holds what an import found in the store

@@ -17,7 +17,7 @@ pub use crate::dedup::History;
 pub use quota::{QuotaExceeded, Quotas};
 
 use crate::dedup::{Copy, Decision};
-use crate::domain::{Clock, Event, KeyHash, Site};
+use crate::domain::{Clock, Event, Site};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crossbeam_channel::{bounded, Sender, TrySendError};
@@ -135,17 +135,24 @@ impl Job {
     }
 }
 
-/// What `site`'s stored events hold of `keys`, for an import: each key's
-/// newest row as the index entry a rebuild would give it.
-pub fn look_up_history(
+/// What `site`'s stored events hold of the copies' keys, for an import:
+/// each key's newest row as the index entry a rebuild would give it.
+pub fn look_up_history<'a>(
     conn: &duckdb::Connection,
     site: &str,
-    keys: &[KeyHash],
+    copies: impl IntoIterator<Item = &'a Copy>,
 ) -> Result<History, StoreError> {
-    Ok(crate::store::events::existing_keys(conn, site, keys)?
-        .into_iter()
-        .map(|(k, row)| (k, writer::entry(&row)))
-        .collect())
+    let (mut ids, mut secondary) = (Vec::new(), Vec::new());
+    for c in copies {
+        ids.push(c.key);
+        secondary.extend(c.secondary.as_ref().map(|s| s.key));
+    }
+    Ok(
+        crate::store::events::existing_keys(conn, site, &ids, &secondary)?
+            .into_iter()
+            .map(|(k, row)| (k, writer::entry(&row)))
+            .collect(),
+    )
 }
 
 /// The copies of `events`, their keys computed on the caller's thread (not

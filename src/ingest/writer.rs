@@ -356,12 +356,11 @@ fn decide_job(
     let history = match job.history {
         Some(h) => h,
         None if job.mode.checks_history() => {
-            let fresh: Vec<KeyHash> = job
+            let fresh = job
                 .copies
                 .iter()
-                .flat_map(|c| group.history_keys(index, &job.site, c))
-                .collect();
-            Arc::new(super::look_up_history(conn, &job.site.name, &fresh)?)
+                .filter(|c| group.needs_history(index, &job.site, c));
+            Arc::new(super::look_up_history(conn, &job.site.name, fresh)?)
         }
         None => Arc::default(),
     };

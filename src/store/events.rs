@@ -364,53 +364,64 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
         .expect("scan_window selects fixed column types")
 }
 
-/// The newest row of `site` carrying each of `keys` (as its id or
-/// secondary key) in `events`, however old (for `tally import`): a row past
-/// its window is history, one inside it is as live as the writer's index
-/// entry for it. One semi-join whatever the number of keys: they are
-/// appended to a connection-local temporary table, so a chunk of 100,000
-/// lines costs one pass over the key columns rather than one per 2,000 keys.
+/// The newest row of `site` carrying each of `ids` as its id key or each
+/// of `secondary` as its secondary key, in `events`, however old (for
+/// `tally import`): a row past its window is history, one inside it is as
+/// live as the writer's index entry for it. One semi-join whatever the
+/// number of keys: they are appended to a connection-local temporary
+/// table, so a chunk of 100,000 lines costs one pass over the key columns
+/// rather than one per 2,000 keys, and the secondary key column is read
+/// only when some are wanted (an id key never equals a secondary key).
 pub fn existing_keys(
     conn: &Connection,
     site: &str,
-    keys: &[KeyHash],
+    ids: &[KeyHash],
+    secondary: &[KeyHash],
 ) -> Result<HashMap<KeyHash, WindowRow>> {
     let mut found: HashMap<KeyHash, WindowRow> = HashMap::new();
-    if keys.is_empty() {
+    if ids.is_empty() && secondary.is_empty() {
         return Ok(found);
     }
     conn.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS wanted_keys (k UBIGINT); DELETE FROM wanted_keys",
+        "CREATE TEMP TABLE IF NOT EXISTS wanted_keys (k UBIGINT, secondary BOOLEAN); \
+         DELETE FROM wanted_keys",
     )?;
     {
         let mut wanted = conn.appender_to_catalog_and_db("wanted_keys", "temp", "main")?;
-        for k in keys {
-            wanted.append_row([k.low()])?;
+        for (keys, is_secondary) in [(ids, false), (secondary, true)] {
+            for k in keys {
+                wanted.append_row(params![k.low(), is_secondary])?;
+            }
         }
         // Explicitly: a flush error on drop would be lost, and a key
         // missing here would count its line as new.
         wanted.flush()?;
     }
-    let wanted: std::collections::HashSet<KeyHash> = keys.iter().copied().collect();
+    let match_ids = "key_hash IN (SELECT k FROM wanted_keys WHERE NOT secondary)";
+    let condition = if secondary.is_empty() {
+        match_ids.to_owned()
+    } else {
+        format!("({match_ids} OR skey_hash IN (SELECT k FROM wanted_keys WHERE secondary))")
+    };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {} FROM events \
-         WHERE site = ? AND (key_hash IN (SELECT k FROM wanted_keys) \
-                             OR skey_hash IN (SELECT k FROM wanted_keys))",
+        "SELECT {} FROM events WHERE site = ? AND {condition}",
         window_columns()
     ))?;
+    let ids: std::collections::HashSet<KeyHash> = ids.iter().copied().collect();
+    let secondary: std::collections::HashSet<KeyHash> = secondary.iter().copied().collect();
+    let mut keep = |k: KeyHash, row: WindowRow| {
+        let newest = found.entry(k).or_insert(row);
+        if newest.start < row.start {
+            *newest = row;
+        }
+    };
     for_each_window_row(stmt.query_arrow([site])?, |row| {
         // The join matched the low 64 bits; the whole fingerprint decides.
-        for k in std::iter::once(row.key).chain(row.skey) {
-            if wanted.contains(&k) {
-                found
-                    .entry(k)
-                    .and_modify(|r| {
-                        if r.start < row.start {
-                            *r = row;
-                        }
-                    })
-                    .or_insert(row);
-            }
+        if ids.contains(&row.key) {
+            keep(row.key, row);
+        }
+        if let Some(skey) = row.skey.filter(|k| secondary.contains(k)) {
+            keep(skey, row);
         }
     });
     conn.execute_batch("DELETE FROM wanted_keys")?;
