@@ -122,13 +122,15 @@ impl KeyIndex {
     }
 
     /// Refreshes the entry of `key` if it still describes the window that
-    /// opened at `entry.first_seen` (a swept or reopened key is left alone).
+    /// opened at `entry.first_seen` (a reopened key is left alone), or sets
+    /// it if the index no longer holds the key: a long local import lets
+    /// the index go and touches rows it found in the store, and a stale
+    /// entry from its lookup would then name the wrong kept copy.
     pub fn refresh(&mut self, key: KeyHash, entry: Entry) {
         let s = self.shard(&key);
-        if let Some(slot) = self.shards[s].get_mut(&key) {
-            if slot.first_seen == entry.first_seen {
-                *slot = entry;
-            }
+        let slot = self.shards[s].entry(key).or_insert(entry);
+        if slot.first_seen == entry.first_seen {
+            *slot = entry;
         }
     }
 
@@ -193,6 +195,22 @@ mod tests {
 
     fn key(i: u32) -> KeyHash {
         KeyHash::of(1, "e", &i.to_string())
+    }
+
+    /// A refresh updates the same window, leaves a reopened one alone and
+    /// sets a key the index let go.
+    #[test]
+    fn a_refresh_keeps_to_its_window_and_sets_a_forgotten_key() {
+        let mut index = KeyIndex::default();
+        let pixel = Entry::new(100, Source::Pixel, 3, 0, 0);
+        index.insert(key(1), unknown(100));
+        index.refresh(key(1), pixel);
+        assert_eq!(index.get(&key(1)), Some(pixel));
+        index.insert(key(2), unknown(200));
+        index.refresh(key(2), pixel);
+        assert_eq!(index.get(&key(2)), Some(unknown(200)));
+        index.refresh(key(3), pixel);
+        assert_eq!(index.get(&key(3)), Some(pixel));
     }
 
     #[test]

@@ -252,8 +252,9 @@ fn a_long_import_finds_history_and_its_own_earlier_lines_across_batches() {
 /// it must store exactly what the same import through a running server
 /// (which keeps every key) stores. The copies after that point repeat
 /// earlier lines as they are, with a property more, under another id with
-/// the same order id, and reach live rows from before the import and
-/// history from a month before.
+/// the same order id, and reach live rows from before the import (one
+/// replaced by a pixel copy under `prefer_pixel`, then met again in a later
+/// group) and history from a month before.
 #[test]
 fn a_local_import_that_lets_its_key_index_go_stores_what_a_served_one_does() {
     use tally::domain::Clock as _;
@@ -261,6 +262,7 @@ fn a_local_import_that_lets_its_key_index_go_stores_what_a_served_one_does() {
     app.set(|s| {
         s.secondary_keys
             .insert("order.completed".into(), "order_id".into());
+        s.policy = tally::domain::DedupPolicy::PreferPixel;
     });
     let order = |id: &str, order_id: &str, extra: Value| {
         let mut props = json!({"order_id": order_id, "a": 1});
@@ -330,6 +332,23 @@ fn a_local_import_that_lets_its_key_index_go_stores_what_a_served_one_does() {
             json!({"b": 2}),
         ));
     }
+    // Under prefer_pixel a pixel copy replaces a live server row; an import
+    // copy two chunks later (another commit group, the same lookup) must
+    // then name the pixel copy as kept.
+    let pixel = |i: usize| {
+        let mut v = order(&format!("live_{i}"), &format!("L{i}"), json!({}));
+        v["source"] = json!("pixel");
+        v
+    };
+    for i in 200..300 {
+        line(pixel(i));
+    }
+    for i in 100_000..112_000 {
+        line(imp(i, json!({"p": i % 7})));
+    }
+    for i in 200..300 {
+        line(order(&format!("live_{i}"), &format!("L{i}"), json!({})));
+    }
     std::fs::write(&file, text).unwrap();
 
     let import = |dir: &std::path::Path, local: bool| {
@@ -362,7 +381,7 @@ fn a_local_import_that_lets_its_key_index_go_stores_what_a_served_one_does() {
     assert_eq!(served, local);
     assert_eq!(
         (served["accepted"].as_u64(), served["deduplicated"].as_u64()),
-        (Some(600_000), Some(4_500))
+        (Some(600_000), Some(16_700))
     );
     for table in ["events", "duplicates"] {
         // Every column of every row, as one digest (printing 600,000 rows
