@@ -154,7 +154,7 @@ impl Group {
         key: &KeyHash,
     ) -> Option<Entry> {
         let entry = match (index.get(key), history.get(key).copied()) {
-            (Some(a), Some(b)) => Some(if b.first_seen > a.first_seen { b } else { a }),
+            (Some(a), Some(b)) => Some(a.later(b)),
             (a, b) => a.or(b),
         };
         self.open(entry, site)

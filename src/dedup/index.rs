@@ -63,6 +63,16 @@ impl Entry {
     pub fn fingerprint(self) -> Option<u32> {
         Some(self.meta >> PRINT_SHIFT).filter(|f| *f != 0)
     }
+
+    /// Of two entries of one key, the one whose window opened later (the
+    /// live one); `self` when both opened together.
+    pub fn later(self, other: Entry) -> Entry {
+        if other.first_seen > self.first_seen {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// What an import found in the store of its keys: each key's newest row,
@@ -138,9 +148,7 @@ impl KeyIndex {
     pub fn insert_latest(&mut self, key: KeyHash, entry: Entry) {
         let s = self.shard(&key);
         let slot = self.shards[s].entry(key).or_insert(entry);
-        if slot.first_seen < entry.first_seen {
-            *slot = entry;
-        }
+        *slot = slot.later(entry);
     }
 
     /// Drops, from the next shard in turn, every key whose window opened at or
