@@ -6,7 +6,7 @@
     scripts/bench.py dashboard  [--events 10000000]            # median latency of every /api/ query, 30 days
     scripts/bench.py dropin     [--runs 3] [--batch 100]       # /v1/batch (Segment SDKs' shape) beside /v1/events
     scripts/bench.py forward    [--seconds 15] [--runs 3]      # ingest with no destination vs one webhook that is down
-    scripts/bench.py import     [--lines 1000000]              # tally import (server stopped), 30 % already stored; twice
+    scripts/bench.py import     [--lines 1000000] [--backfill PATH] # tally import (server stopped), 30 % already stored; twice
     scripts/bench.py resend     [--events 200000]              # duplicates/s of re-sent copies before vs right after a restart
     scripts/bench.py pixel      [--seconds 15] [--runs 5]      # /v1/pixel under wrk, beside the bare actix ceiling; RSS
     scripts/bench.py attack     [--seconds 15] [--runs 3]      # ingest while pixel copies of one event pile 12 KB properties on it
@@ -20,7 +20,8 @@ CARGO_TARGET_DIR, default ~/.cache/tally/target).
 import argparse, http.cookiejar, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tally/target"))
-TALLY = os.path.join(TARGET, "release", "tally")
+# TALLY_BIN: another build of tally to measure (e.g. the commit before a change).
+TALLY = os.environ.get("TALLY_BIN", os.path.join(TARGET, "release", "tally"))
 EXAMPLE = lambda name: os.path.join(TARGET, "release", "examples", name)
 
 
@@ -233,8 +234,9 @@ def bench_import(a):
     window, so every stored key is found by the history lookup. Checks the
     counts of both runs; peak RSS of the import processes."""
     d = tempfile.mkdtemp()
-    path = os.path.join(d, "backfill.ndjson")
-    write_backfill(path, a.lines, 0.3)
+    path = a.backfill or os.path.join(d, "backfill.ndjson")
+    if not (a.backfill and os.path.exists(path) and os.path.exists(path + ".stored")):
+        write_backfill(path, a.lines, 0.3)
     add_site(d)
     _, pre, _ = timed_import(d, path + ".stored")
     for run in ("first", "second"):
@@ -592,6 +594,7 @@ def main():
     dsh = sub.add_parser("dashboard"); dsh.add_argument("--events", type=int, default=10_000_000); dsh.add_argument("--runs", type=int, default=15)
     dsh.add_argument("--keep", metavar="DIR", help="seed into DIR once and keep it; later runs reuse it")
     im = sub.add_parser("import"); im.add_argument("--lines", type=int, default=1_000_000)
+    im.add_argument("--backfill", metavar="PATH", help="write the backfill to PATH once and reuse it (same --lines)")
     rs = sub.add_parser("resend"); rs.add_argument("--events", type=int, default=200_000)
     px = sub.add_parser("pixel"); px.add_argument("--seconds", type=int, default=15); px.add_argument("--runs", type=int, default=5)
     px.add_argument("--connections", type=int, default=256)

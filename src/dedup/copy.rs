@@ -39,6 +39,19 @@ pub struct Copy {
 impl Copy {
     /// Computes the keys of `event` for `site`.
     pub fn prepare(site: &Site, event: Event) -> Copy {
+        let (key, secondary) = Copy::keys(site, &event);
+        let fingerprint = fingerprint(&event);
+        Copy {
+            event,
+            key,
+            secondary,
+            fingerprint,
+        }
+    }
+
+    /// The id key and, when the site declares one for the event's name and
+    /// it carries the property, the secondary key of `event` for `site`.
+    pub fn keys(site: &Site, event: &Event) -> (KeyHash, Option<Secondary>) {
         let key = KeyHash::of(site.id, &event.event_name, &event.event_id);
         let secondary = site
             .settings
@@ -52,13 +65,7 @@ impl Copy {
                     value,
                 })
             });
-        let fingerprint = fingerprint(&event);
-        Copy {
-            event,
-            key,
-            secondary,
-            fingerprint,
-        }
+        (key, secondary)
     }
 
     /// Whether the copy carries anything a fold could add.

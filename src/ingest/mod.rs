@@ -17,7 +17,7 @@ pub use crate::dedup::History;
 pub use quota::{QuotaExceeded, Quotas};
 
 use crate::dedup::{Copy, Decision};
-use crate::domain::{Clock, Event, Site};
+use crate::domain::{Clock, Event, KeyHash, Site};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crossbeam_channel::{bounded, Sender, TrySendError};
@@ -135,20 +135,53 @@ impl Job {
     }
 }
 
-/// What `site`'s stored events hold of the copies' keys, for an import:
-/// each key's newest row as the index entry a rebuild would give it.
-pub fn look_up_history<'a>(
+/// Keys to look up in the store: ids and secondary keys apart, since an id
+/// never equals a secondary key and each is matched against its own column.
+#[derive(Debug, Default)]
+pub struct Keys {
+    /// Id keys.
+    pub ids: Vec<KeyHash>,
+    /// Secondary keys.
+    pub secondary: Vec<KeyHash>,
+}
+
+impl Keys {
+    /// Adds a copy's id key and its secondary key, if any.
+    pub fn push(&mut self, id: KeyHash, secondary: Option<KeyHash>) {
+        self.ids.push(id);
+        self.secondary.extend(secondary);
+    }
+
+    /// How many keys (ids and secondary).
+    pub fn len(&self) -> usize {
+        self.ids.len() + self.secondary.len()
+    }
+
+    /// Whether there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> FromIterator<&'a Copy> for Keys {
+    fn from_iter<I: IntoIterator<Item = &'a Copy>>(copies: I) -> Keys {
+        let mut keys = Keys::default();
+        for c in copies {
+            keys.push(c.key, c.secondary.as_ref().map(|s| s.key));
+        }
+        keys
+    }
+}
+
+/// What `site`'s stored events hold of `keys`, for a backfill: each key's
+/// newest row as the index entry a rebuild would give it.
+pub fn look_up_history(
     conn: &duckdb::Connection,
     site: &str,
-    copies: impl IntoIterator<Item = &'a Copy>,
+    keys: &Keys,
 ) -> Result<History, StoreError> {
-    let (mut ids, mut secondary) = (Vec::new(), Vec::new());
-    for c in copies {
-        ids.push(c.key);
-        secondary.extend(c.secondary.as_ref().map(|s| s.key));
-    }
     Ok(
-        crate::store::events::existing_keys(conn, site, &ids, &secondary)?
+        crate::store::events::existing_keys(conn, site, &keys.ids, &keys.secondary)?
             .into_iter()
             .map(|(k, row)| (k, writer::entry(&row)))
             .collect(),

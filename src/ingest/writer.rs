@@ -356,11 +356,12 @@ fn decide_job(
     let history = match job.history {
         Some(h) => h,
         None if job.mode.checks_history() => {
-            let fresh = job
+            let fresh: super::Keys = job
                 .copies
                 .iter()
-                .filter(|c| group.needs_history(index, &job.site, c));
-            Arc::new(super::look_up_history(conn, &job.site.name, fresh)?)
+                .filter(|c| group.needs_history(index, &job.site, c))
+                .collect();
+            Arc::new(super::look_up_history(conn, &job.site.name, &fresh)?)
         }
         None => Arc::default(),
     };

@@ -369,7 +369,7 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
 /// `tally import`): a row past its window is history, one inside it is as
 /// live as the writer's index entry for it. One semi-join whatever the
 /// number of keys: they are appended to a connection-local temporary
-/// table, so a chunk of 100,000 lines costs one pass over the key columns
+/// table, so a batch of lines costs one pass over the key columns
 /// rather than one per 2,000 keys, and the secondary key column is read
 /// only when some are wanted (an id key never equals a secondary key).
 pub fn existing_keys(
@@ -426,6 +426,14 @@ pub fn existing_keys(
     });
     conn.execute_batch("DELETE FROM wanted_keys")?;
     Ok(found)
+}
+
+/// Unique events `site` has stored.
+pub fn count(conn: &Connection, site: &str) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM events WHERE site = ?", [site], |r| {
+        r.get(0)
+    })?;
+    Ok(n as u64)
 }
 
 /// Unique events per site that arrived at or after `since_micros`.
