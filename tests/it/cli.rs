@@ -247,9 +247,9 @@ fn a_long_import_finds_history_and_its_own_earlier_lines_across_batches() {
     assert_eq!(app.count("SELECT count(*) FROM events"), 210_000);
 }
 
-/// A backfill read from a pipe (`tally import <(zcat backfill.gz)`) cannot
-/// be opened twice: the lines of each lookup batch are held for the sender,
-/// and repeats of lines from earlier batches are still found.
+/// A backfill read from a named pipe (`zcat backfill.gz > fifo`) cannot be
+/// read twice: the lines of each lookup batch are held for the sender, and
+/// repeats of lines from earlier batches are still found.
 #[test]
 fn an_import_from_a_pipe_finds_repeats_across_batches() {
     let dir = tempfile::tempdir().unwrap();
