@@ -27,7 +27,8 @@
 use super::ControlError;
 use crate::app::App;
 use crate::dedup::Copy;
-use crate::domain::{Event, EventError, KeyHash, Site, Source};
+use crate::domain::Site;
+use crate::domain::{Event, EventError, Source};
 use crate::ingest::{look_up_history, prepare, Answer, History, Ingest, IngestError, Keys, Mode};
 use crate::store::Conn;
 use serde_json::{json, Value};
@@ -158,30 +159,24 @@ impl<'p> LineReader<'p> {
     }
 
     /// Whether opening the path again reads the same lines: a regular file,
-    /// not a named pipe (`zcat backfill.gz > fifo`) or a device.
+    /// not a pipe (`<(zcat backfill.gz)`) or a device.
     fn rereadable(&self) -> bool {
         self.reader.get_ref().metadata().is_ok_and(|m| m.is_file())
     }
 
-    /// The bytes of the line [`LineReader::next`] read last.
+    /// The bytes of the line [`LineReader::next`] returned last.
     fn raw(&self) -> &[u8] {
         &self.raw
     }
 
-    /// Reads the next line; its length in bytes, `None` at the end of the
-    /// file.
-    fn next(&mut self) -> Result<Option<u64>, ControlError> {
+    /// The next line, `None` at the end of the file.
+    fn next(&mut self) -> Result<Option<Line>, ControlError> {
         self.raw.clear();
         let n = self
             .reader
             .read_until(b'\n', &mut self.raw)
             .map_err(|e| ControlError(format!("cannot read {}: {e}", self.path.display())))?;
-        Ok((n > 0).then_some(n as u64))
-    }
-
-    /// The next line parsed, `None` at the end of the file.
-    fn next_event(&mut self) -> Result<Option<Line>, ControlError> {
-        Ok(self.next()?.map(|n| (n, parse_line(&self.raw))))
+        Ok((n > 0).then(|| (n as u64, parse_line(&self.raw))))
     }
 }
 
@@ -264,17 +259,17 @@ impl Scout<'_> {
         let (mut lines, mut bytes, mut keys) = (0, 0, Keys::default());
         let mut held = self.hold.then(Vec::new);
         while lines < want as u64 {
-            let Some(n) = self.lines.next()? else {
+            let Some((n, line)) = self.lines.next()? else {
                 break;
             };
             lines += 1;
             bytes += n;
-            let raw = self.lines.raw();
             if let Some(held) = held.as_mut() {
-                held.extend_from_slice(raw);
+                held.extend_from_slice(self.lines.raw());
             }
-            if let Some((id, secondary)) = line_keys(&site, raw) {
-                keys.push(id, secondary);
+            if let Some(Ok(event)) = line {
+                let (id, secondary) = Copy::keys(&site, &event);
+                keys.push(id, secondary.map(|s| s.key));
             }
         }
         self.stored += lines;
@@ -378,11 +373,7 @@ impl Feeder<'_> {
             }
         } else {
             for _ in 0..batch.lines {
-                let next = self
-                    .lines
-                    .as_mut()
-                    .map(LineReader::next_event)
-                    .transpose()?;
+                let next = self.lines.as_mut().map(LineReader::next).transpose()?;
                 let Some(line) = next.flatten() else {
                     break;
                 };
@@ -530,11 +521,6 @@ pub fn run(
 /// A line that is not UTF-8 is one rejected line, not the end of the import;
 /// a byte-order mark is skipped.
 fn parse_line(raw: &[u8]) -> Option<Result<Event, EventError>> {
-    line_text(raw).map(|text| Event::parse(text?, Source::Import))
-}
-
-/// One line's text: `None` for a blank line; an error when it is not UTF-8.
-fn line_text(raw: &[u8]) -> Option<Result<&str, EventError>> {
     let line = match std::str::from_utf8(raw) {
         Ok(text) => text.trim_start_matches('\u{feff}').trim(),
         Err(_) => {
@@ -544,65 +530,12 @@ fn line_text(raw: &[u8]) -> Option<Result<&str, EventError>> {
             )))
         }
     };
-    (!line.is_empty()).then_some(Ok(line))
-}
-
-/// One line's keys for `site`, as the sender's full parse will give them
-/// for a line it accepts (a line it refuses may have keys too: looking them
-/// up costs nothing). The id and name are read alone; an event whose name
-/// has a declared secondary key is parsed in full, since the property's
-/// value may be a personal one the parse hashes.
-fn line_keys(site: &Site, raw: &[u8]) -> Option<(KeyHash, Option<KeyHash>)> {
-    let text = line_text(raw)?.ok()?;
-    let (id, name) = Event::id_and_name(text)?;
-    if site.settings.secondary_key(&name).is_none() {
-        return Some((KeyHash::of(site.id, &name, &id), None));
-    }
-    let event = Event::parse(text, Source::Import).ok()?;
-    let (key, secondary) = Copy::keys(site, &event);
-    Some((key, secondary.map(|s| s.key)))
+    (!line.is_empty()).then(|| Event::parse(line, Source::Import))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Keys read ahead that differed from the sender's would miss history:
-    /// the id and name alone, and a secondary key that is a hashed personal
-    /// property, give the keys of the full parse.
-    #[test]
-    fn a_lines_keys_read_ahead_are_those_of_its_full_parse() {
-        let mut site = Site {
-            id: 3,
-            name: "s".into(),
-            site_key: "k".into(),
-            token_hash: String::new(),
-            origins: vec![],
-            settings: Default::default(),
-        };
-        site.settings
-            .secondary_keys
-            .insert("order.completed".into(), "email".into());
-        let lines = [
-            r#"{"event_id":"a\u00e9","event_name":"page.view","url":"https://x"}"#,
-            r#"{"event_id":"o","event_name":"order.completed","properties":{"email":" A@B.example","total":3}}"#,
-            r#"{"event_id":"o","event_name":"order.completed","properties":{"total":3}}"#,
-            "\u{feff}{\"event_id\":\"b\",\"event_name\":\"x\"}  \n",
-        ];
-        for line in lines {
-            let event = parse_line(line.as_bytes()).unwrap().unwrap();
-            let (key, secondary) = Copy::keys(&site, &event);
-            let want = Some((key, secondary.map(|s| s.key)));
-            assert_eq!(line_keys(&site, line.as_bytes()), want, "{line}");
-        }
-        assert!(
-            Copy::keys(&site, &parse_line(lines[1].as_bytes()).unwrap().unwrap())
-                .1
-                .is_some()
-        );
-        assert_eq!(line_keys(&site, b"  \n"), None);
-        assert_eq!(line_keys(&site, b"\xff\n"), None);
-    }
 
     #[test]
     fn a_lookup_covers_a_hundredth_of_the_store_within_bounds() {

@@ -163,23 +163,6 @@ impl Event {
         Self::parse_wire(json)?.1.validate(default_source)
     }
 
-    /// The `event_id` and `event_name` of one event object, read without
-    /// the rest of it (an import's scout needs only keys). For every text
-    /// [`Event::parse`] accepts, the same two strings; `None` for some it
-    /// refuses.
-    pub fn id_and_name(json: &str) -> Option<(String, String)> {
-        #[derive(Deserialize)]
-        struct Ids<'a> {
-            #[serde(borrow)]
-            event_id: Option<&'a RawValue>,
-            #[serde(borrow)]
-            event_name: Option<&'a RawValue>,
-        }
-        let ids: Ids = serde_json::from_str(json).ok()?;
-        let text = |raw: Option<&RawValue>| serde_json::from_str::<String>(raw?.get()).ok();
-        Some((text(ids.event_id)?, text(ids.event_name)?))
-    }
-
     /// Parses one pixel body: the event plus the `site` key it names.
     /// The source is always `pixel`, whatever the body says.
     pub fn parse_pixel(json: &str) -> Result<(String, Event), EventError> {
@@ -396,58 +379,6 @@ fn user_data(value: Option<Value>) -> Result<Option<String>, EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The scout's keys must be the sender's: every line the full parse
-    /// accepts gives the same id and name read alone.
-    #[test]
-    fn id_and_name_read_alone_are_those_of_the_full_parse() {
-        let lines = [
-            r#"{"event_id":"a","event_name":"n"}"#,
-            r#"{"event_name":"n","url":"https://x","event_id":"a\"b\\c"}"#,
-            r#"{"event_id":"\u00e9\ud83d\ude00","event_name":"n\/m","properties":{"event_id":"x"}}"#,
-            r#"  {"event_id":"x","event_name":"y","user_data":{"email":"A@b.c"},"extra":[1,{"event_id":2}]}"#,
-            r#"{"event_id":"x","event_name":"y","event_id":"z"}"#,
-            r#"{"event_id":1,"event_name":"y"}"#,
-            r#"{"event_id":null,"event_name":"y"}"#,
-            r#"{"event_name":"y"}"#,
-            r#"{"event_id":"x","event_name":"y","url":5}"#,
-            r#"["event_id","x"]"#,
-            r#"{"event_id":"x","event_name":"y""#,
-        ];
-        for line in lines {
-            if let Ok(e) = Event::parse(line, Source::Import) {
-                assert_eq!(
-                    Event::id_and_name(line),
-                    Some((e.event_id, e.event_name)),
-                    "{line}"
-                );
-            }
-        }
-        assert_eq!(
-            Event::id_and_name(lines[1]),
-            Some(("a\"b\\c".into(), "n".into()))
-        );
-        assert_eq!(Event::id_and_name(lines[4]), None, "a duplicate id");
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn id_and_name_agree_with_the_full_parse_on_any_strings(
-            id in "\\PC{0,12}",
-            name in "\\PC{0,12}",
-            extra in proptest::option::of("\\PC{0,8}"),
-        ) {
-            let mut v = serde_json::json!({"event_id": id, "event_name": name});
-            if let Some(x) = extra {
-                v["properties"] = serde_json::json!({"event_id": x.clone()});
-                v["url"] = serde_json::json!(x);
-            }
-            let line = v.to_string();
-            if let Ok(e) = Event::parse(&line, Source::Import) {
-                proptest::prop_assert_eq!(Event::id_and_name(&line), Some((e.event_id, e.event_name)));
-            }
-        }
-    }
 
     #[test]
     fn parses_a_full_server_event() {
