@@ -69,10 +69,20 @@ const LOCAL_MEMORY: &str = "256MB";
 /// Rejected lines listed in the answer (all are counted).
 const MAX_LISTED_ERRORS: usize = 100;
 
+/// Lines a large lookup batch may have per second of the site's dedup
+/// window. A line repeating one committed after its batch's lookup began is
+/// caught by the writer's index only while that key's window is open, and
+/// up to two batches pass in between: at ~100,000 lines/s, two batches of
+/// this size take a tenth of the window.
+const LINES_PER_WINDOW_SECOND: u64 = 5_000;
+
 /// Lines whose keys are looked up at once when the site has `stored`
-/// events: a hundredth of them, from [`MIN_LOOKUP`] to [`MAX_LOOKUP`].
-fn lookup_lines(stored: u64) -> usize {
-    (stored / STORED_PER_LINE).clamp(MIN_LOOKUP as u64, MAX_LOOKUP as u64) as usize
+/// events and a window of `window_secs`: a hundredth of the events, from
+/// [`MIN_LOOKUP`] to [`MAX_LOOKUP`], and no more than a short window allows.
+fn lookup_lines(stored: u64, window_secs: u32) -> usize {
+    let most = (u64::from(window_secs) * LINES_PER_WINDOW_SECOND)
+        .clamp(MIN_LOOKUP as u64, MAX_LOOKUP as u64);
+    (stored / STORED_PER_LINE).clamp(MIN_LOOKUP as u64, most) as usize
 }
 
 /// Whether a local import lets the writer's index go after a batch of
@@ -254,7 +264,7 @@ impl Scout<'_> {
         let want = if self.hold {
             MIN_LOOKUP
         } else {
-            lookup_lines(self.stored)
+            lookup_lines(self.stored, site.settings.window_secs)
         };
         let (mut lines, mut bytes, mut keys) = (0, 0, Keys::default());
         let mut held = self.hold.then(Vec::new);
@@ -539,11 +549,15 @@ mod tests {
 
     #[test]
     fn a_lookup_covers_a_hundredth_of_the_store_within_bounds() {
-        assert_eq!(lookup_lines(0), MIN_LOOKUP);
-        assert_eq!(lookup_lines(10_000_000), MIN_LOOKUP);
-        assert_eq!(lookup_lines(30_000_000), 300_000);
-        assert_eq!(lookup_lines(100_000_000), MAX_LOOKUP);
-        assert_eq!(lookup_lines(u64::MAX), MAX_LOOKUP);
+        let day = 86_400;
+        assert_eq!(lookup_lines(0, day), MIN_LOOKUP);
+        assert_eq!(lookup_lines(10_000_000, day), MIN_LOOKUP);
+        assert_eq!(lookup_lines(30_000_000, day), 300_000);
+        assert_eq!(lookup_lines(100_000_000, day), MAX_LOOKUP);
+        assert_eq!(lookup_lines(u64::MAX, day), MAX_LOOKUP);
+        assert_eq!(lookup_lines(100_000_000, 60), 300_000, "a short window");
+        assert_eq!(lookup_lines(100_000_000, 1), MIN_LOOKUP);
+        assert_eq!(lookup_lines(1_000_000, 60), MIN_LOOKUP);
     }
 
     #[test]
