@@ -169,7 +169,7 @@ impl<'p> LineReader<'p> {
     }
 
     /// Whether opening the path again reads the same lines: a regular file,
-    /// not a pipe (`<(zcat backfill.gz)`) or a device.
+    /// not a named pipe (`zcat backfill.gz > fifo`) or a device.
     fn rereadable(&self) -> bool {
         self.reader.get_ref().metadata().is_ok_and(|m| m.is_file())
     }
