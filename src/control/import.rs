@@ -190,8 +190,9 @@ impl<'p> LineReader<'p> {
     }
 }
 
-/// A batch of lines the scout read and looked up.
-struct Looked {
+/// A batch of lines the scout read, with what it knows of their keys:
+/// [`Keys`] before the lookup, [`Found`] after.
+struct Batch<K> {
     /// The site as it was when the batch was read: a setting changed during
     /// a long import applies from the next batch, and a batch is decided
     /// with the settings its keys were computed with.
@@ -202,11 +203,33 @@ struct Looked {
     bytes: u64,
     /// The lines themselves, when the file cannot be read twice.
     held: Option<Vec<u8>>,
+    /// What is known of the lines' keys.
+    keys: K,
+}
+
+impl<K> Batch<K> {
+    /// The same lines with `f` of what is known of their keys.
+    fn map<L>(self, f: impl FnOnce(K) -> L) -> Batch<L> {
+        Batch {
+            site: self.site,
+            lines: self.lines,
+            bytes: self.bytes,
+            held: self.held,
+            keys: f(self.keys),
+        }
+    }
+}
+
+/// What the scout's lookup found of a batch's keys.
+struct Found {
     /// Keys looked up (ids and secondary keys).
-    keys: usize,
+    count: usize,
     /// What the store held of them.
     history: Arc<History>,
 }
+
+/// A batch the scout read and looked up.
+type Looked = Batch<Found>;
 
 /// Reads the file ahead of the sender, a batch at a time, and looks up each
 /// batch's keys when the sender allows it.
@@ -222,15 +245,6 @@ struct Scout<'a> {
     /// Whether each batch's lines are held for the sender, when the file
     /// cannot be read twice; such batches stay at [`MIN_LOOKUP`] lines.
     hold: bool,
-}
-
-/// A batch the scout read, before its lookup.
-struct Read {
-    site: Arc<Site>,
-    lines: u64,
-    bytes: u64,
-    held: Option<Vec<u8>>,
-    keys: Keys,
 }
 
 impl Scout<'_> {
@@ -259,7 +273,7 @@ impl Scout<'_> {
     /// The next batch's keys, computed with the site as it is now; `None` at
     /// the end of the file. Refused lines have no key (the sender reports
     /// them).
-    fn read(&mut self) -> Result<Option<Read>, ControlError> {
+    fn read(&mut self) -> Result<Option<Batch<Keys>>, ControlError> {
         let site = self.app.site(&self.site)?;
         let want = if self.hold {
             MIN_LOOKUP
@@ -283,7 +297,7 @@ impl Scout<'_> {
             }
         }
         self.stored += lines;
-        Ok((lines > 0).then_some(Read {
+        Ok((lines > 0).then_some(Batch {
             site,
             lines,
             bytes,
@@ -292,16 +306,12 @@ impl Scout<'_> {
         }))
     }
 
-    fn look_up(&self, read: Read) -> Result<Looked, ControlError> {
+    fn look_up(&self, read: Batch<Keys>) -> Result<Looked, ControlError> {
         let history = look_up_history(&self.conn, &read.site.name, &read.keys)?;
-        Ok(Looked {
-            site: read.site,
-            lines: read.lines,
-            bytes: read.bytes,
-            held: read.held,
-            keys: read.keys.len(),
+        Ok(read.map(|keys| Found {
+            count: keys.len(),
             history: Arc::new(history),
-        })
+        }))
     }
 }
 
@@ -357,8 +367,8 @@ impl Feeder<'_> {
         let Some(sent) = self.since_forget.as_mut() else {
             return false;
         };
-        *sent += batch.keys;
-        let due = forget_due(*sent, batch.keys);
+        *sent += batch.keys.count;
+        let due = forget_due(*sent, batch.keys.count);
         if due {
             *sent = 0;
         }
@@ -444,7 +454,7 @@ impl Feeder<'_> {
         let answer = self.ingest.submit_patiently(
             batch.site.clone(),
             prepare(&batch.site, events),
-            batch.history.clone(),
+            batch.keys.history.clone(),
             self.mode,
         )?;
         self.pending.push_back(answer);
