@@ -607,6 +607,39 @@ fn bad_card_parameters_are_json_400s() {
     );
 }
 
+/// Without a session every data endpoint answers 401 before it reads its
+/// query: how a bad or missing parameter is refused is not shown to a
+/// caller who is not logged in.
+#[test]
+fn a_caller_without_a_session_gets_401_whatever_the_parameters() {
+    let app = spawn_app();
+    app.set_password("s3cret-pass");
+    let paths = [
+        "/api/summary",
+        "/api/series?site=shop&range=1y",
+        "/api/top?site=shop&limit=many",
+        "/api/recent?limit=x",
+        "/api/revenue?site=nope",
+        "/api/conversions",
+        "/api/funnel?site=shop&step=page.view",
+        "/api/events/lookup",
+        "/api/near-misses",
+        "/api/forwards",
+        "/api/live",
+        "/api/sites",
+    ];
+    for path in paths {
+        let res = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+        let body: Value = res.json().unwrap();
+        assert_eq!(body["error"], "unauthorized", "{path}: {body}");
+    }
+}
+
 #[test]
 fn forwards_lists_the_site_destinations_with_their_counts() {
     let app = spawn_app();

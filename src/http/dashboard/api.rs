@@ -1,7 +1,7 @@
 //! Handlers of the dashboard API. Every query runs on a blocking thread with
 //! its own DuckDB connection.
 
-use super::auth::Auth;
+use super::auth::{Auth, LoggedIn};
 use crate::app::App;
 use crate::domain::Site;
 use crate::http::assets::dashboard_files;
@@ -120,12 +120,10 @@ impl SiteQuery {
 
 /// `GET /api/events/lookup?site=&event_id=[&name=]`: the inspector.
 pub async fn lookup(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<LookupQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    auth.require(&req)?;
     let q = q.into_inner();
     if q.event_id.is_empty() {
         return Err(ApiError::bad_request(
@@ -152,12 +150,10 @@ pub struct LookupQuery {
 
 /// `GET /api/near-misses?site=`: near misses in the site's window.
 pub async fn near_misses(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<SiteQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    auth.require(&req)?;
     let site = q.site(&app)?;
     let since = app.clock.now_micros() - i64::from(site.settings.window_secs) * 1_000_000;
     let report = web::block(move || {
@@ -170,12 +166,10 @@ pub async fn near_misses(
 /// `GET /api/forwards?site=`: the site's forwarding destinations with
 /// their delivered / pending / parked counts (secrets never).
 pub async fn forwards(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<SiteQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    auth.require(&req)?;
     let site = q.site(&app)?;
     let listed = web::block(move || crate::control::forward::list(&app, Some(&site.name)))
         .await?
@@ -229,12 +223,12 @@ struct TestBody {
 /// keeps proxies from closing the stream, and the stream ends within a
 /// second of its session ending (logout, password change, expiry).
 pub async fn live(
+    _: LoggedIn,
     app: web::Data<App>,
     auth: web::Data<Auth>,
     req: HttpRequest,
     q: web::Query<SiteQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    auth.require(&req)?;
     let token = req
         .cookie(super::auth::COOKIE)
         .map(|c| c.value().to_owned())

@@ -16,10 +16,12 @@ use crate::control::PASSWORD_KEY;
 use crate::http::error::ApiError;
 use crate::store;
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::HttpRequest;
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use rand::RngCore;
 use std::collections::HashMap;
+use std::future::{ready, Ready};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,10 +67,26 @@ pub struct Auth {
     epoch: Arc<AtomicU64>,
 }
 
-/// A logged-in session.
+/// A logged-in session. As a handler's first argument it answers 401
+/// before any other argument is read, so a caller without a session learns
+/// nothing from how its query or body is refused.
 pub struct LoggedIn {
     /// Its CSRF token.
     pub csrf: String,
+}
+
+impl FromRequest for LoggedIn {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(match req.app_data::<web::Data<Auth>>() {
+            Some(auth) => auth.require(req),
+            None => Err(ApiError::Internal(
+                "the dashboard's sessions are not set up".into(),
+            )),
+        })
+    }
 }
 
 /// A login attempt that passed the limits: it holds one of the

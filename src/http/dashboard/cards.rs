@@ -3,7 +3,7 @@
 //! query string (`event`, `page`, `referrer`, `source`), with one or two
 //! queries on a blocking thread.
 
-use super::auth::Auth;
+use super::auth::LoggedIn;
 use crate::app::App;
 use crate::domain::period::{local_time, Period};
 use crate::domain::{Site, Source};
@@ -90,12 +90,9 @@ impl CardQuery {
 /// moment, whatever the upkeep task commits meanwhile.
 async fn card<T: serde::Serialize + Send + 'static>(
     app: web::Data<App>,
-    auth: &Auth,
-    req: &HttpRequest,
     q: &CardQuery,
     f: impl FnOnce(&duckdb::Connection, &Scope, &Site) -> crate::store::Result<T> + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
-    auth.require(req)?;
     let site: Arc<Site> = app.site(&q.site)?;
     let now = app.clock.now_micros();
     let scope = q.scope(&site, now)?;
@@ -109,22 +106,20 @@ async fn card<T: serde::Serialize + Send + 'static>(
 
 /// `GET /api/summary`: the counters.
 pub async fn summary(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, _| stats::summary(c, scope)).await
+    card(app, &q, |c, scope, _| stats::summary(c, scope)).await
 }
 
 /// `GET /api/series`: events over time by source, in local buckets.
 pub async fn series(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, site| {
+    card(app, &q, |c, scope, site| {
         let p = scope.period;
         Ok(json!({
             "bucket": p.bucket,
@@ -139,9 +134,8 @@ pub async fn series(
 
 /// `GET /api/top?kind=events|pages|referrers&limit=`.
 pub async fn top(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = match q.kind.as_deref().unwrap_or("events") {
@@ -156,7 +150,7 @@ pub async fn top(
         }
     };
     let limit = q.limit.unwrap_or(10).min(100);
-    card(app, &auth, &req, &q, move |c, scope, _| {
+    card(app, &q, move |c, scope, _| {
         stats::top(c, scope, kind, limit)
     })
     .await
@@ -164,26 +158,21 @@ pub async fn top(
 
 /// `GET /api/recent?limit=`: the last unique events under the filter.
 pub async fn recent(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(20).min(200);
-    card(app, &auth, &req, &q, move |c, scope, _| {
-        stats::recent(c, scope, limit)
-    })
-    .await
+    card(app, &q, move |c, scope, _| stats::recent(c, scope, limit)).await
 }
 
 /// `GET /api/revenue`: revenue per currency and the over-count avoided.
 pub async fn revenue(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, site| {
+    card(app, &q, |c, scope, site| {
         Ok(json!({
             "revenue_properties": site.settings.revenue_properties(),
             "currencies": conversions::revenue(c, scope)?,
@@ -194,12 +183,11 @@ pub async fn revenue(
 
 /// `GET /api/conversions`: pixel / server / both per conversion event name.
 pub async fn coverage(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    card(app, &auth, &req, &q, |c, scope, site| {
+    card(app, &q, |c, scope, site| {
         Ok(json!({
             "timezone": site.settings.timezone.name(),
             "events": conversions::coverage(c, scope)?,
@@ -210,13 +198,13 @@ pub async fn coverage(
 
 /// `GET /api/funnel?step=A&step=B[&step=C]`: sessions through the steps.
 pub async fn funnel(
+    _: LoggedIn,
     app: web::Data<App>,
-    auth: web::Data<Auth>,
     req: HttpRequest,
     q: web::Query<CardQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let steps = funnel_steps(req.query_string())?;
-    card(app, &auth, &req, &q, move |c, scope, _| {
+    card(app, &q, move |c, scope, _| {
         Ok(json!({ "steps": conversions::funnel(c, scope, &steps)? }))
     })
     .await
