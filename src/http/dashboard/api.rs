@@ -76,18 +76,12 @@ pub async fn logout(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpRespo
 }
 
 /// `GET /api/session`: the CSRF token of the current session, or 401.
-pub async fn session(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let s = auth.require(&req)?;
+pub async fn session(s: LoggedIn) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({ "csrf": s.csrf })))
 }
 
 /// `GET /api/sites`: names, keys, snippets, time zones and revenue rules.
-pub async fn sites(
-    app: web::Data<App>,
-    auth: web::Data<Auth>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    auth.require(&req)?;
+pub async fn sites(_: LoggedIn, app: web::Data<App>) -> Result<HttpResponse, ApiError> {
     let sites: Vec<_> = app
         .sites
         .all()
