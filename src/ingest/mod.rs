@@ -180,12 +180,15 @@ pub fn look_up_history(
     site: &str,
     keys: &Keys,
 ) -> Result<History, StoreError> {
-    Ok(
-        crate::store::events::existing_keys(conn, site, &keys.ids, &keys.secondary)?
-            .into_iter()
-            .map(|(k, row)| (k, writer::entry(&row)))
-            .collect(),
-    )
+    let mut history = History::new();
+    crate::store::events::existing_keys(conn, site, &keys.ids, &keys.secondary, |k, row| {
+        let found = writer::entry(row);
+        history
+            .entry(k)
+            .and_modify(|e| *e = e.later(found))
+            .or_insert(found);
+    })?;
+    Ok(history)
 }
 
 /// The copies of `events`, their keys computed on the caller's thread (not

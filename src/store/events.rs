@@ -17,7 +17,6 @@ use duckdb::arrow::array::{
 };
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{params, Connection, OptionalExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 fn seen_flags(seen: u8) -> [bool; 3] {
@@ -364,10 +363,11 @@ fn column<T: 'static>(batch: &duckdb::arrow::record_batch::RecordBatch, i: usize
         .expect("scan_window selects fixed column types")
 }
 
-/// The newest row of `site` carrying each of `ids` as its id key or each
-/// of `secondary` as its secondary key, in `events`, however old (for
-/// `tally import`): a row past its window is history, one inside it is as
-/// live as the writer's index entry for it. One semi-join whatever the
+/// Hands `found` every row of `site` carrying one of `ids` as its id key or
+/// one of `secondary` as its secondary key, in `events`, however old (for
+/// `tally import`), with that key: a key may come with several rows, one a
+/// window. A row past its window is history, one inside it is as live as
+/// the writer's index entry for it. One semi-join whatever the
 /// number of keys: they are appended to a connection-local temporary
 /// table, so a batch of lines costs one pass over the key columns
 /// rather than one per 2,000 keys, and the secondary key column is read
@@ -377,10 +377,10 @@ pub fn existing_keys(
     site: &str,
     ids: &[KeyHash],
     secondary: &[KeyHash],
-) -> Result<HashMap<KeyHash, WindowRow>> {
-    let mut found: HashMap<KeyHash, WindowRow> = HashMap::new();
+    mut found: impl FnMut(KeyHash, &WindowRow),
+) -> Result<()> {
     if ids.is_empty() && secondary.is_empty() {
-        return Ok(found);
+        return Ok(());
     }
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS wanted_keys (k UBIGINT, secondary BOOLEAN); \
@@ -409,23 +409,17 @@ pub fn existing_keys(
     ))?;
     let ids: std::collections::HashSet<KeyHash> = ids.iter().copied().collect();
     let secondary: std::collections::HashSet<KeyHash> = secondary.iter().copied().collect();
-    let mut keep = |k: KeyHash, row: WindowRow| {
-        let newest = found.entry(k).or_insert(row);
-        if newest.start < row.start {
-            *newest = row;
-        }
-    };
     for_each_window_row(stmt.query_arrow([site])?, |row| {
         // The join matched the low 64 bits; the whole fingerprint decides.
         if ids.contains(&row.key) {
-            keep(row.key, row);
+            found(row.key, &row);
         }
         if let Some(skey) = row.skey.filter(|k| secondary.contains(k)) {
-            keep(skey, row);
+            found(skey, &row);
         }
     });
     conn.execute_batch("DELETE FROM wanted_keys")?;
-    Ok(found)
+    Ok(())
 }
 
 /// Unique events `site` has stored.
